@@ -1,0 +1,3 @@
+from nestbench.cli import main
+
+main()

@@ -1,0 +1,161 @@
+"""Command-line interface. It parses options, builds a request and calls the Python API."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from nestbench import __version__
+from nestbench.errors import NestbenchError
+
+logger = logging.getLogger("nestbench")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # Third-party libraries are chatty at INFO; keep their warnings.
+    for name in ("lm-eval", "lm_eval", "transformers", "datasets", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _split(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise click.BadParameter("expected a comma-separated list of names")
+    return items
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nestbench")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages, including third-party libraries.")
+def cli(verbose: bool) -> None:
+    """Tune a chat model for safety (NeST or a baseline), attack it, and score it."""
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.option("--method", "methods", default="nest", show_default=True,
+              help="Method or comma-separated methods to tune (see `nestbench list methods`).")
+@click.option("--model", default="smollm2-135m-instruct", show_default=True,
+              help="Hub id, local model folder, local .gguf file, or the alias smollm2-135m-instruct.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cuda, mps or cpu.")
+@click.option("--dtype", default="auto", show_default=True, help="auto, float32, bfloat16 or float16.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model repositories to run their own Python code.")
+@click.option("--profile", default="quick", show_default=True,
+              help="quick (subsets, 48 new tokens) or full (all prompts, 5 epochs, 512 new tokens).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, e.g. --set z_threshold=2; prefix with METHOD. to scope it.")
+@click.option("--harmful-set", default="donotanswer", show_default=True, help="Harmful prompt set for probing and training.")
+@click.option("--benign-set", default="benign-qa", show_default=True, help="Benign prompt set for probing and training.")
+@click.option("--eval-set", default="harmbench", show_default=True, help="Harmful prompt set for evaluation.")
+@click.option("--train-prompts", type=click.Path(path_type=Path), help="Harmful training prompts from a .jsonl, .csv or .txt file.")
+@click.option("--benign-prompts", type=click.Path(path_type=Path), help="Benign training prompts from a .jsonl, .csv or .txt file.")
+@click.option("--eval-prompts", type=click.Path(path_type=Path), help="Harmful evaluation prompts from a .jsonl, .csv or .txt file.")
+@click.option("--attacks", help="Comma-separated attacks to evaluate (see `nestbench list attacks`).")
+@click.option("--utility-tasks", help="Comma-separated utility tasks (default: arc_easy,arc_challenge).")
+@click.option("--epochs", type=int, help="Training epochs (overrides the profile).")
+@click.option("--max-new-tokens", type=int, help="New tokens per response when scoring safety (overrides the profile).")
+@click.option("--limit", type=int, help="Evaluate only this many prompts per task; marks the run as limited.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling, training and clustering.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Folder that receives runs/<run_id>/record.json.")
+@click.option("--no-baseline-reuse", is_flag=True, help="Evaluate the untouched model again even if a matching record exists.")
+def run(methods, model, device, dtype, trust_remote_code, profile, overrides, harmful_set, benign_set, eval_set,
+        train_prompts, benign_prompts, eval_prompts, attacks, utility_tasks, epochs, max_new_tokens, limit, seed, results_dir,
+        no_baseline_reuse) -> None:
+    """Tune the model with each method, evaluate it next to the untouched model, and print a table."""
+    from nestbench.config import parse_overrides
+    from nestbench.runner import RunRequest
+    from nestbench.runner import run as run_job
+    from nestbench.table import comparison_table, table_caption
+
+    request = RunRequest(
+        methods=_split(methods),
+        model=model,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        profile=profile,
+        overrides=parse_overrides(overrides),
+        harmful_set=harmful_set,
+        benign_set=benign_set,
+        eval_set=eval_set,
+        train_prompts=train_prompts,
+        benign_prompts=benign_prompts,
+        eval_prompts=eval_prompts,
+        attacks=_split(attacks),
+        utility_tasks=_split(utility_tasks),
+        seed=seed,
+        results_dir=results_dir,
+        limit=limit,
+        epochs=epochs,
+        max_new_tokens=max_new_tokens,
+        reuse_baseline=not no_baseline_reuse,
+    )
+    records = run_job(request)
+    click.echo("")
+    click.echo(comparison_table(records))
+    click.echo("")
+    click.echo(table_caption(records))
+    click.echo(f"records: {', '.join(str(results_dir / 'runs' / r['run_id']) for r in records)}")
+
+
+@cli.command(name="list")
+@click.argument("what", type=click.Choice(["methods", "prompt-sets", "attacks", "profiles"]))
+def list_command(what: str) -> None:
+    """List the registered methods, prompt sets, attacks or profiles."""
+    if what == "methods":
+        from nestbench.methods import METHODS
+
+        for name in METHODS:
+            doc = (METHODS.get(name).__doc__ or "").strip().splitlines()
+            click.echo(f"{name:20s} {doc[0] if doc else ''}")
+    elif what == "prompt-sets":
+        from nestbench.prompts import PROMPT_SETS
+
+        for name in PROMPT_SETS:
+            spec = PROMPT_SETS.get(name)
+            size = spec.size if spec.size is not None else "online"
+            click.echo(f"{name:28s} {spec.role:14s} {size!s:>7}  {spec.license}  {spec.source}")
+    elif what == "attacks":
+        from nestbench.attacks import ATTACKS
+
+        for name in ATTACKS:
+            attack = ATTACKS.get(name)
+            click.echo(f"{name:16s} {attack.description}  [{attack.source}]")
+    else:
+        from nestbench.profiles import PROFILES
+
+        for name in PROFILES:
+            click.echo(f"{name:8s} {PROFILES.get(name).to_dict()}")
+
+
+def main() -> None:
+    """Run the CLI; a NestbenchError becomes one error line and its exit code (2)."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("cancelled", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("cancelled; finished stages are kept in the run folder", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except NestbenchError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""The main job: load a model and data, tune with each method, evaluate, and write run records.
+
+``run`` is the Python API behind ``nestbench run``. The untouched model (method ``none``)
+is evaluated once per protocol and its record is reused by later runs with the same model,
+data and evaluation settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nestbench import __version__
+from nestbench.errors import ConfigError, NestbenchError
+from nestbench.profiles import Profile, resolve_profile
+from nestbench.prompts import PromptSet, check_disjoint, load_prompt_file, load_prompt_set, sample_prompts
+from nestbench.records import (
+    GENERATIONS_NAME,
+    git_state,
+    iter_records,
+    library_versions,
+    machine_info,
+    new_run_id,
+    sha256_json,
+    utc_now,
+    write_jsonl,
+    write_record,
+)
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class RunRequest:
+    """Everything ``nestbench run`` takes; defaults give the embedded quick run."""
+
+    methods: tuple[str, ...] = ("nest",)
+    model: str = "smollm2-135m-instruct"
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    profile: str = "quick"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    harmful_set: str = "donotanswer"
+    benign_set: str = "benign-qa"
+    eval_set: str = "harmbench"
+    train_prompts: Path | None = None
+    benign_prompts: Path | None = None
+    eval_prompts: Path | None = None
+    attacks: tuple[str, ...] | None = None
+    utility_tasks: tuple[str, ...] | None = None
+    seed: int = 0
+    results_dir: Path = Path("results")
+    limit: int | None = None
+    epochs: int | None = None
+    max_new_tokens: int | None = None
+    reuse_baseline: bool = True
+
+
+@dataclass
+class RunData:
+    harmful_train: PromptSet
+    benign_train: PromptSet
+    harmful_eval: PromptSet
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            role: {"name": s.name, "source": s.source, "license": s.license, "sha256": s.sha256, "n": len(s),
+                   "duplicates_removed": s.duplicates_removed}
+            for role, s in (("harmful_train", self.harmful_train), ("benign_train", self.benign_train),
+                            ("harmful_eval", self.harmful_eval))
+        }
+
+
+def _subset(prompt_set: PromptSet, n: int | None, seed: int) -> PromptSet:
+    if n is None or n >= len(prompt_set):
+        return prompt_set
+    prompts = sample_prompts(prompt_set.prompts, n, seed)
+    return PromptSet(prompt_set.name, prompts, prompt_set.source, prompt_set.license, prompt_set.role,
+                     prompt_set.duplicates_removed)
+
+
+def load_run_data(request: RunRequest, profile: Profile) -> RunData:
+    """Load, subsample and cross-check the training and evaluation prompt sets."""
+    harmful = load_prompt_file(request.train_prompts) if request.train_prompts else load_prompt_set(request.harmful_set)
+    benign = load_prompt_file(request.benign_prompts) if request.benign_prompts else load_prompt_set(request.benign_set)
+    evaluation = load_prompt_file(request.eval_prompts) if request.eval_prompts else load_prompt_set(request.eval_set)
+
+    # Disjointness is checked on the full sets, so a subset can never hide an overlap.
+    check_disjoint(harmful.prompts, evaluation.prompts, harmful.name, evaluation.name)
+    check_disjoint(benign.prompts, evaluation.prompts, benign.name, evaluation.name)
+
+    harmful = _subset(harmful, profile.train_harmful, request.seed)
+    n_benign = profile.train_benign if profile.train_benign is not None else len(harmful)
+    benign = _subset(benign, n_benign, request.seed)
+    eval_n = request.limit if request.limit is not None else profile.eval_harmful
+    evaluation = _subset(evaluation, eval_n, request.seed)
+    for prompt_set in (harmful, benign, evaluation):
+        logger.info("prompt set %s: %d prompts (%s)", prompt_set.name, len(prompt_set), prompt_set.source)
+    return RunData(harmful, benign, evaluation)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Return peak memory in MiB: CUDA allocator peak on a GPU, process peak RSS otherwise."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def run(request: RunRequest) -> list[dict[str, Any]]:
+    """Run the main job and return the records: the ``none`` baseline first, then each method."""
+    from nestbench.evaluation import EvalSettings
+    from nestbench.methods import METHODS, build_method
+    from nestbench.models import load_model
+
+    for name in request.methods:
+        METHODS.get(name)
+    profile = resolve_profile(request.profile, epochs=request.epochs, max_new_tokens=request.max_new_tokens)
+    methods = {name: build_method(name, _overrides_for(name, request.overrides)) for name in request.methods}
+    results_dir = _prepare_results_dir(request.results_dir)
+    data = load_run_data(request, profile)
+
+    start = time.perf_counter()
+    loaded = load_model(request.model, device=request.device, dtype=request.dtype,
+                        trust_remote_code=request.trust_remote_code)
+    load_seconds = time.perf_counter() - start
+
+    settings_kwargs: dict[str, Any] = dict(
+        max_gen_toks=profile.max_new_tokens,
+        batch_size=profile.eval_batch_size,
+        harmful_limit=None,
+        attack_limit=profile.attack_prompts,
+        utility_limit=request.limit if request.limit is not None else profile.utility_limit,
+    )
+    if request.attacks is not None:
+        settings_kwargs["attacks"] = request.attacks
+    if request.utility_tasks is not None:
+        settings_kwargs["utility_tasks"] = request.utility_tasks
+    settings = EvalSettings(**settings_kwargs)
+    context = _RunContext(request, profile, data, loaded, settings, results_dir, load_seconds)
+
+    records = [context.baseline()]
+    base_state = None
+    for index, (name, method) in enumerate(methods.items()):
+        if name == "none":
+            continue
+        if base_state is not None:
+            loaded.model.load_state_dict(base_state)
+        elif index < len(methods) - 1:
+            # Later methods must start from the untouched model too.
+            base_state = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+        records.append(context.tune_and_evaluate(name, method))
+    return records
+
+
+def _overrides_for(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Select the ``--set`` keys for one method: ``method.key`` is scoped, a bare ``key`` applies to all."""
+    selected = {}
+    for key, value in overrides.items():
+        scope, dot, bare = key.partition(".")
+        if dot:
+            if scope == method:
+                selected[bare] = value
+        elif method != "none":
+            selected[key] = value
+    return selected
+
+
+def _prepare_results_dir(path: Path) -> Path:
+    try:
+        (path / "runs").mkdir(parents=True, exist_ok=True)
+        probe = path / "runs" / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise NestbenchError(
+            f"results directory {path} is not writable ({err.strerror}); pass a writable folder with --results-dir"
+        ) from err
+    return path
+
+
+class _RunContext:
+    """State shared by the baseline and every method of one ``run`` call."""
+
+    def __init__(self, request, profile, data, loaded, settings, results_dir, load_seconds):
+        self.request = request
+        self.profile = profile
+        self.data = data
+        self.loaded = loaded
+        self.settings = settings
+        self.results_dir = results_dir
+        self.load_seconds = load_seconds
+        self.training_data = None
+        self.baseline_id: str | None = None
+
+    def protocol(self) -> dict[str, Any]:
+        """Return the settings that change evaluation numbers; records compare only when these match."""
+        return {
+            "model_sha256": self.loaded.model_hash,
+            "chat_template_sha256": self.loaded.chat_template_hash,
+            "dtype": str(self.loaded.dtype),
+            "harmful_eval_sha256": self.data.harmful_eval.sha256,
+            "evaluation": self.settings.as_dict(),
+            "nestbench": __version__,
+        }
+
+    def _base_record(self, method: str, config: dict[str, Any], run_id: str) -> dict[str, Any]:
+        protocol = self.protocol()
+        limited = self.request.limit is not None
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": run_id,
+            "status": "running",
+            "created": utc_now(),
+            "method": method,
+            "method_config": config,
+            "profile": self.profile.to_dict(),
+            "quick": self.profile.name == "quick",
+            "limited": limited,
+            "seed": self.request.seed,
+            "seeds": {"run": self.request.seed, "torch": self.request.seed, "sft_shuffle": self.request.seed},
+            "model": {
+                "spec": self.loaded.spec,
+                "source": self.loaded.source,
+                "sha256": self.loaded.model_hash,
+                "chat_template_sha256": self.loaded.chat_template_hash,
+                "device": str(self.loaded.device),
+                "dtype": str(self.loaded.dtype),
+                "total_parameters": sum(p.numel() for p in self.loaded.model.parameters()),
+            },
+            "data": self.data.describe(),
+            "evaluation": self.settings.as_dict(),
+            "judge": {"name": self.settings.judge},
+            "protocol": protocol,
+            "protocol_key": sha256_json(protocol),
+            "environment": {"libraries": library_versions(), "git": git_state(), "machine": machine_info()},
+            "timings": {"load": self.load_seconds},
+        }
+
+    def baseline(self) -> dict[str, Any]:
+        """Return the ``none`` record for this protocol, evaluating the untouched model if no record exists."""
+        key = sha256_json(self.protocol())
+        if self.request.reuse_baseline:
+            for folder, record in iter_records(self.results_dir):
+                if record.get("method") == "none" and record.get("status") == "success" and record.get("protocol_key") == key:
+                    logger.info("reusing baseline record %s (same model, data and evaluation settings)", folder.name)
+                    self.baseline_id = record["run_id"]
+                    return record
+        run_id = new_run_id("none", self.request.model)
+        record = self._base_record("none", {}, run_id)
+        record["trainable_parameters"] = 0
+        record = self._evaluate_into(record, self.loaded.model)
+        self.baseline_id = run_id
+        return record
+
+    def tune_and_evaluate(self, name: str, method) -> dict[str, Any]:
+        from nestbench.methods import TuneContext
+        from nestbench.sft import TrainingData
+
+        run_id = new_run_id(name, self.request.model)
+        folder = self.results_dir / "runs" / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        record = self._base_record(name, method.config.to_dict(), run_id)
+        record["baseline_run_id"] = self.baseline_id
+        write_record(folder, record)
+        torch.manual_seed(self.request.seed)
+        try:
+            if method.needs_sft_data:
+                if self.training_data is None:
+                    self.training_data = TrainingData(
+                        harmful=self.data.harmful_train.prompts,
+                        benign=self.data.benign_train.prompts,
+                        seed=self.request.seed,
+                        answer_tokens=self.profile.answer_tokens,
+                    )
+                start = time.perf_counter()
+                self.training_data.prepare(self.loaded.model, self.loaded.tokenizer, self.profile.eval_batch_size)
+                record["timings"]["sft_data"] = time.perf_counter() - start
+            start = time.perf_counter()
+            result = method.tune(
+                TuneContext(
+                    model=self.loaded.model,
+                    tokenizer=self.loaded.tokenizer,
+                    data=self.training_data,
+                    work_dir=folder,
+                    seed=self.request.seed,
+                    epochs=self.profile.epochs,
+                    batch_size=self.profile.batch_size,
+                )
+            )
+            record["timings"]["tune"] = time.perf_counter() - start
+        except KeyboardInterrupt:
+            record.update(status="cancelled", finished=utc_now())
+            write_record(folder, record)
+            raise
+        except Exception as err:
+            record.update(status="failed", finished=utc_now(), error=_error_info(err))
+            write_record(folder, record)
+            raise
+
+        record["trainable_parameters"] = result.trainable_parameters
+        record["method_report"] = result.report
+        model_dir = folder / "model"
+        result.model.save_pretrained(model_dir, safe_serialization=True)
+        self.loaded.tokenizer.save_pretrained(model_dir)
+        write_jsonl(folder / "loss_curve.jsonl", result.loss_curve)
+        record["artifacts"] = {"model": str(model_dir), "loss_curve": str(folder / "loss_curve.jsonl"), **result.artifacts}
+        return self._evaluate_into(record, result.model)
+
+    def _evaluate_into(self, record: dict[str, Any], model) -> dict[str, Any]:
+        from nestbench.evaluation import evaluate_model
+
+        folder = self.results_dir / "runs" / record["run_id"]
+        folder.mkdir(parents=True, exist_ok=True)
+        write_record(folder, record)
+        start = time.perf_counter()
+        try:
+            result = evaluate_model(
+                model, self.loaded.tokenizer, self.data.harmful_eval.prompts, self.settings, folder
+            )
+        except KeyboardInterrupt:
+            record.update(status="cancelled", finished=utc_now())
+            write_record(folder, record)
+            raise
+        except Exception as err:
+            record.update(status="failed", finished=utc_now(), error=_error_info(err))
+            write_record(folder, record)
+            raise
+        record["timings"]["evaluate"] = time.perf_counter() - start
+        record["metrics"] = result.metrics
+        record["task_versions"] = result.task_versions
+        record["judge"] = result.settings.get("judge_info", record["judge"])
+        record["peak_memory_mb"] = peak_memory_mb(self.loaded.device)
+        write_jsonl(folder / GENERATIONS_NAME, result.generations)
+        record.update(status="success", finished=utc_now())
+        write_record(folder, record)
+        logger.info("wrote %s", folder / "record.json")
+        return record
+
+
+def _error_info(err: BaseException) -> dict[str, Any]:
+    return {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}

@@ -1,0 +1,82 @@
+"""Markdown comparison tables built from run records only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tabulate import tabulate
+
+# (metric key in the record, column title); the arrow says which direction is better.
+_SAFETY_COLUMNS = (("unsafe_rate", "unsafe rate ↓"), ("degenerate", "degenerate ↓"))
+_UTILITY_SUFFIX = ("/acc", " acc ↑")
+
+
+def format_rate(metric: dict[str, Any] | None) -> str:
+    """Format a rate metric as a percentage with the half-width of its 95% interval."""
+    if not metric:
+        return "–"
+    value = 100 * metric["value"]
+    if metric.get("ci_low") is not None and metric.get("ci_high") is not None:
+        half = 100 * (metric["ci_high"] - metric["ci_low"]) / 2
+        return f"{value:.1f} ± {half:.1f} (n={metric['n']})"
+    if metric.get("stderr") is not None:
+        return f"{value:.1f} ± {196 * metric['stderr']:.1f} (n={metric['n']})"
+    return f"{value:.1f}"
+
+
+def format_count(n: int | None) -> str:
+    if n is None:
+        return "–"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1_000:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+def comparison_table(records: Sequence[dict[str, Any]]) -> str:
+    """Return a markdown table with one row per record: attack success rates, utility and cost."""
+    attack_keys = sorted({k for r in records for k in r.get("metrics", {}) if k.startswith("asr[")})
+    utility_keys = sorted(
+        {k for r in records for k in r.get("metrics", {}) if k.endswith(_UTILITY_SUFFIX[0])}
+    )
+    headers = ["method", "status"]
+    headers += [f"ASR {k[4:-1]} ↓" for k in attack_keys]
+    headers += [title for _, title in _SAFETY_COLUMNS]
+    headers += [k.split("/")[0] + _UTILITY_SUFFIX[1] for k in utility_keys]
+    headers += ["trainable params", "tuning time (s)"]
+    rows = []
+    for record in records:
+        metrics = record.get("metrics", {})
+        row = [record["method"], record["status"]]
+        row += [format_rate(metrics.get(k)) for k in attack_keys]
+        row += [format_rate(metrics.get(k)) for k, _ in _SAFETY_COLUMNS]
+        row += [format_rate(metrics.get(k)) for k in utility_keys]
+        row += [format_count(record.get("trainable_parameters")), _format_seconds(record.get("timings", {}).get("tune"))]
+        rows.append(row)
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def _format_seconds(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds:.0f}"
+
+
+def table_caption(records: Sequence[dict[str, Any]]) -> str:
+    """Describe the protocol behind a table: judge, model, prompt counts and generation length."""
+    if not records:
+        return ""
+    first = records[0]
+    evaluation = first.get("evaluation", {})
+    judge = first.get("judge", {}).get("name", "?")
+    notes = [
+        f"model {first['model']['spec']}",
+        f"judge: {judge}",
+        f"{evaluation.get('max_gen_toks', '?')} new tokens, greedy, chat template",
+        "rates in % with 95% Wilson interval half-widths",
+    ]
+    if first.get("quick"):
+        notes.append("quick profile (subsets; not a paper-scale result)")
+    if any(r.get("limited") for r in records):
+        notes.append("LIMITED run (--limit): not a real result")
+    return "; ".join(notes)
