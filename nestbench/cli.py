@@ -20,7 +20,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    # Third-party libraries are chatty at INFO; keep their warnings.
+    # Third-party libraries log a lot at INFO, so only their warnings are shown.
     for name in ("lm-eval", "lm_eval", "transformers", "datasets", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 

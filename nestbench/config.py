@@ -146,6 +146,6 @@ def _describe(annotation: Any) -> str:
 
 
 def require(condition: bool, message: str) -> None:
-    """Raise ConfigError with ``message`` unless ``condition`` holds (for ``__post_init__`` checks)."""
+    """Raise ConfigError with ``message`` unless ``condition`` is true (for ``__post_init__`` checks)."""
     if not condition:
         raise ConfigError(message)

@@ -7,7 +7,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-# (metric key in the record, column title); the arrow says which direction is better.
+# (metric key in the record, column title); the arrow shows which direction is better.
 _SAFETY_COLUMNS = (("unsafe_rate", "unsafe rate ↓"), ("degenerate", "degenerate ↓"))
 _UTILITY_SUFFIX = ("/acc", " acc ↑")
 

@@ -48,8 +48,8 @@ class NestMethod(Method):
         timings["activations"] = time.perf_counter() - start
         logger.info("pooled activations of %d prompts over %d modules in %.1f s", len(prompts), len(projections), timings["activations"])
 
-        # Step 3: all modules' probes trained together; projections may differ in width,
-        # so modules are grouped by d_ff.
+        # Step 3: all modules' probes are trained together. Projections may differ in
+        # width, so modules are grouped by d_ff.
         start = time.perf_counter()
         probe_weights, probe_accuracy = self._train_probes(activations, labels, context.seed)
         timings["probes"] = time.perf_counter() - start
@@ -60,13 +60,15 @@ class NestMethod(Method):
         selections, audit_modules = self._select_and_cluster(activations, probe_weights, probe_accuracy, context.seed)
         timings["clustering"] = time.perf_counter() - start
         if not selections:
+            lower = max(0.0, round(cfg.z_threshold - 1.0, 1))
             raise NoSafetyNeuronsError(
-                f"no safety neurons at z_threshold={cfg.z_threshold}: no probe weight passed it in any of the "
-                f"{len(projections)} modules. Lower the threshold, for example --set z_threshold=2, or use more probe prompts."
+                f"no safety neurons at z_threshold={cfg.z_threshold}: no positive probe weight passed it in any of "
+                f"the {len(projections)} modules. Lower the threshold (for example --set z_threshold={lower}) "
+                f"or use more, and more varied, probe prompts."
             )
         del activations
 
-        # Step 6: attach zero-initialised updates, freeze everything else.
+        # Step 6: attach zero-initialised updates and freeze everything else.
         for param in model.parameters():
             param.requires_grad_(False)
         updates = {
@@ -98,7 +100,7 @@ class NestMethod(Method):
             raise
         timings["training"] = stats.seconds
 
-        # Step 8: fold into the weights; the model is plain again.
+        # Step 8: fold the updates into the weights, which leaves a plain model.
         delta_path = context.work_dir / "nest_delta.safetensors"
         save_delta(delta_path, updates, {"z_threshold": cfg.z_threshold, "clustering": cfg.clustering})
         for name, update in updates.items():
