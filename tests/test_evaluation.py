@@ -1,0 +1,213 @@
+"""Evaluation settings, Wilson intervals, metric assembly, and a tiny end-to-end lm-eval run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nestbench.errors import ConfigError, PromptSetError
+from nestbench.evaluation import (
+    REQUESTS_FILE,
+    EvalSettings,
+    EvaluationResult,
+    RateMetric,
+    evaluate_model,
+    safety_metrics,
+    utility_metrics,
+    wilson_interval,
+    write_requests,
+)
+
+SAFETY_METRICS = {
+    "unsafe_rate",
+    "refusal_rate",
+    "asr[dan]",
+    "asr[gcg]",
+    "degenerate",
+    "degenerate[vanilla]",
+    "degenerate[dan]",
+    "degenerate[gcg]",
+}
+UTILITY_METRIC_NAMES = {"arc_easy/acc", "arc_easy/acc_norm", "arc_challenge/acc", "arc_challenge/acc_norm"}
+TASKS = {
+    "nestbench_harmful_vanilla",
+    "nestbench_harmful_dan",
+    "nestbench_harmful_gcg",
+    "nestbench_arc_easy",
+    "nestbench_arc_challenge",
+}
+GENERATION_KEYS = {"task", "attack", "index", "request", "prompt", "response", "verdict", "reason"}
+
+
+def test_wilson_interval_zero_successes() -> None:
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0
+    assert high == pytest.approx(0.2775, abs=1e-4)
+
+
+def test_wilson_interval_half() -> None:
+    low, high = wilson_interval(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4)
+    assert high == pytest.approx(0.7634, abs=1e-4)
+
+
+def test_wilson_interval_all_successes() -> None:
+    low, high = wilson_interval(10, 10)
+    assert low == pytest.approx(0.7225, abs=1e-4)
+    assert high == 1.0
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 1), (1, 1), (3, 7), (49, 50), (1, 1000)])
+def test_wilson_interval_contains_rate(k: int, n: int) -> None:
+    low, high = wilson_interval(k, n)
+    assert low <= k / n <= high
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 0), (-1, 5), (6, 5)])
+def test_wilson_interval_rejects_counts(k: int, n: int) -> None:
+    with pytest.raises(ValueError, match=f"k={k}, n={n}"):
+        wilson_interval(k, n)
+
+
+def test_rate_metric_from_counts() -> None:
+    metric = RateMetric.from_counts(3, 4)
+    assert metric.value == 0.75
+    assert metric.count == 3
+    assert metric.n == 4
+    assert (metric.ci_low, metric.ci_high) == wilson_interval(3, 4)
+
+
+def test_settings_defaults_match_contract() -> None:
+    settings = EvalSettings()
+    assert settings.attacks == ("vanilla", "dan", "gcg")
+    assert settings.utility_tasks == ("arc_easy", "arc_challenge")
+    assert settings.judge == "keyword"
+    assert settings.utility_chat_template is False
+
+
+def test_settings_round_trip_dict() -> None:
+    settings = EvalSettings(attacks=("gcg",), harmful_limit=5, system_prompt="Be safe.")
+    assert EvalSettings.from_dict({**settings.as_dict(), "lm_eval_version": "0.4.13"}) == settings
+
+
+def test_settings_as_dict_is_json() -> None:
+    values = EvalSettings(attacks=["vanilla"], harmful_limit=5).as_dict()
+    assert json.loads(json.dumps(values)) == values
+    assert values["attacks"] == ["vanilla"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"attacks": ("vanila",)}, "vanila"),
+        ({"attacks": ("gcg", "gcg")}, "duplicate"),
+        ({"utility_tasks": ("mmlu",)}, "mmlu"),
+        ({"attacks": (), "utility_tasks": ()}, "no attack"),
+        ({"judge": "llm"}, "'llm'"),
+        ({"max_gen_toks": 0}, "max_gen_toks=0"),
+        ({"batch_size": "16"}, "batch_size='16'"),
+        ({"harmful_limit": 0}, "harmful_limit=0"),
+        ({"attack_limit": -2}, "attack_limit=-2"),
+        ({"utility_limit": 2.5}, "utility_limit=2.5"),
+    ],
+)
+def test_settings_reject_invalid_values(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        EvalSettings(**overrides)
+
+
+def test_write_requests_jsonl(tmp_path: Path) -> None:
+    path = write_requests(["a", "b \"quoted\""], tmp_path / "work")
+    assert path == tmp_path / "work" / REQUESTS_FILE
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["request"] for line in lines] == ["a", "b \"quoted\""]
+
+
+@pytest.mark.parametrize("requests", [[], ["fine", " "]])
+def test_write_requests_rejects_empty(tmp_path: Path, requests: list[str]) -> None:
+    with pytest.raises(PromptSetError):
+        write_requests(requests, tmp_path)
+
+
+def _row(attack: str, verdict: str) -> dict:
+    return {"attack": attack, "verdict": verdict}
+
+
+def test_safety_metrics_counts_verdicts() -> None:
+    rows = [_row("vanilla", "unsafe"), _row("vanilla", "refused"), _row("vanilla", "degenerate"), _row("dan", "unsafe")]
+    metrics = safety_metrics(rows, ("vanilla", "dan"))
+    assert metrics["unsafe_rate"]["count"] == 1
+    assert metrics["refusal_rate"]["count"] == 1
+    assert metrics["degenerate[vanilla]"]["count"] == 1
+    assert metrics["asr[dan]"]["value"] == 1.0
+    assert metrics["degenerate"]["n"] == 4
+
+
+def test_safety_metrics_degenerate_in_denominator() -> None:
+    rows = [_row("vanilla", "unsafe"), _row("vanilla", "degenerate")]
+    assert safety_metrics(rows, ("vanilla",))["unsafe_rate"]["n"] == 2
+
+
+def test_safety_metrics_without_vanilla() -> None:
+    metrics = safety_metrics([_row("gcg", "refused")], ("gcg",))
+    assert set(metrics) == {"asr[gcg]", "degenerate[gcg]", "degenerate"}
+
+
+def test_utility_metrics_reads_lm_eval_keys() -> None:
+    results = {
+        "results": {
+            "nestbench_arc_easy": {
+                "acc,none": 0.5,
+                "acc_stderr,none": 0.1,
+                "acc_norm,none": 0.6,
+                "acc_norm_stderr,none": 0.2,
+            }
+        },
+        "n-samples": {"nestbench_arc_easy": {"original": 570, "effective": 10}},
+    }
+    metrics = utility_metrics(results, ("arc_easy",))
+    assert metrics["arc_easy/acc"] == {"value": 0.5, "stderr": 0.1, "n": 10}
+    assert metrics["arc_easy/acc_norm"] == {"value": 0.6, "stderr": 0.2, "n": 10}
+
+
+@pytest.fixture
+def tiny_result(tiny_llama, tmp_path: Path) -> tuple[EvaluationResult, EvalSettings, object]:
+    """Run the full evaluation on a random two-layer model: 3 requests and 4 ARC items."""
+    model, tokenizer = tiny_llama
+    model.train()
+    settings = EvalSettings(harmful_limit=3, utility_limit=4, max_gen_toks=4, batch_size=4)
+    requests = ["Say one.", "Say two.", "Say three.", "Say four."]
+    result = evaluate_model(model, tokenizer, requests, settings, tmp_path)
+    return result, settings, model
+
+
+def test_evaluate_tiny_model_end_to_end(tiny_result) -> None:
+    result, settings, model = tiny_result
+
+    assert set(result.metrics) == SAFETY_METRICS | UTILITY_METRIC_NAMES
+    for name in SAFETY_METRICS - {"degenerate"}:
+        assert result.metrics[name]["n"] == 3, name
+    assert result.metrics["degenerate"]["n"] == 9
+    for name in UTILITY_METRIC_NAMES:
+        assert result.metrics[name]["n"] == 4, name
+    for name in SAFETY_METRICS:
+        metric = result.metrics[name]
+        assert metric["ci_low"] <= metric["value"] <= metric["ci_high"], name
+        assert metric["count"] == round(metric["value"] * metric["n"]), name
+    vanilla_counts = [result.metrics[name]["count"] for name in ("unsafe_rate", "refusal_rate", "degenerate[vanilla]")]
+    assert sum(vanilla_counts) == 3
+
+    assert len(result.generations) == 9
+    assert all(set(row) == GENERATION_KEYS for row in result.generations)
+    assert [row["index"] for row in result.generations] == [0, 1, 2] * 3
+    assert [row["attack"] for row in result.generations] == ["vanilla"] * 3 + ["dan"] * 3 + ["gcg"] * 3
+    assert all(row["verdict"] in {"unsafe", "refused", "degenerate"} for row in result.generations)
+    assert result.generations[0]["prompt"] == "Say one."
+
+    assert set(result.task_versions) == TASKS
+    assert EvalSettings.from_dict(result.settings) == settings
+    assert result.settings["judge_info"] == {"name": "keyword", "version": "1"}
+    assert result.settings["lm_eval_version"]
+    assert model.training is True

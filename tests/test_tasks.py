@@ -1,0 +1,241 @@
+"""The lm-eval task YAML files and their loaders in the tasks folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from lm_eval.tasks import TaskManager
+
+from nestbench.errors import ConfigError, PromptSetError, UnknownNameError
+from nestbench.resources import tasks_dir
+
+HARMFUL_TASKS = ("nestbench_harmful_dan", "nestbench_harmful_gcg", "nestbench_harmful_vanilla")
+ARC_TASKS = ("nestbench_arc_challenge", "nestbench_arc_easy")
+ALL_TASKS = sorted(HARMFUL_TASKS + ARC_TASKS)
+REQUESTS = ["Request one.", "Request two.", "Request three."]
+
+
+@pytest.fixture(scope="module")
+def task_utils() -> ModuleType:
+    """Import tasks/utils.py the way lm-eval does: from its file, not as a package."""
+    spec = importlib.util.spec_from_file_location("nestbench_task_utils", tasks_dir() / "utils.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def requests_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("requests") / "requests.jsonl"
+    path.write_text("".join(json.dumps({"request": request}) + "\n" for request in REQUESTS), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def task_manager(requests_path: Path) -> TaskManager:
+    metadata = {"requests_path": str(requests_path), "harmful_limit": 2, "judge": "keyword"}
+    return TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata=metadata)
+
+
+@pytest.fixture(scope="module")
+def loaded_tasks(task_manager: TaskManager) -> dict:
+    return task_manager.load(ALL_TASKS)["tasks"]
+
+
+def test_tasks_folder_has_five_yaml() -> None:
+    assert len(sorted(tasks_dir().glob("*.yaml"))) == 5
+
+
+def test_every_yaml_is_indexed(task_manager: TaskManager) -> None:
+    # lm-eval's index skips a YAML file that fails to parse and logs it only at debug
+    # level, so compare the indexed files with the files on disk.
+    indexed = {entry.yaml_path for entry in task_manager.task_index.values() if entry.yaml_path}
+    assert indexed == set(tasks_dir().glob("*.yaml"))
+
+
+def test_index_lists_exact_tasks(task_manager: TaskManager) -> None:
+    assert task_manager.all_subtasks == ALL_TASKS
+
+
+def test_every_task_loads(loaded_tasks: dict) -> None:
+    assert sorted(loaded_tasks) == ALL_TASKS
+
+
+@pytest.mark.parametrize("name", ALL_TASKS)
+def test_task_has_version(loaded_tasks: dict, name: str) -> None:
+    assert loaded_tasks[name].config.metadata["version"] == 1.0
+
+
+@pytest.mark.parametrize("name", HARMFUL_TASKS)
+def test_harmful_task_generates(loaded_tasks: dict, name: str) -> None:
+    assert loaded_tasks[name].config.output_type == "generate_until"
+
+
+@pytest.mark.parametrize("name", HARMFUL_TASKS)
+def test_harmful_task_stops_only_at_eos(loaded_tasks: dict, name: str) -> None:
+    assert loaded_tasks[name].config.generation_kwargs["until"] == []
+
+
+@pytest.mark.parametrize("name", HARMFUL_TASKS)
+def test_harmful_task_decodes_greedily(loaded_tasks: dict, name: str) -> None:
+    assert loaded_tasks[name].config.generation_kwargs["do_sample"] is False
+
+
+@pytest.mark.parametrize("name", HARMFUL_TASKS)
+def test_harmful_task_sets_max_tokens(loaded_tasks: dict, name: str) -> None:
+    assert loaded_tasks[name].config.generation_kwargs["max_gen_toks"] == 48
+
+
+@pytest.mark.parametrize("name", HARMFUL_TASKS)
+def test_harmful_limit_keeps_first_requests(loaded_tasks: dict, name: str) -> None:
+    docs = list(loaded_tasks[name].eval_docs)
+    assert [doc["request"] for doc in docs] == REQUESTS[:2]
+
+
+@pytest.mark.parametrize("name", HARMFUL_TASKS)
+def test_harmful_text_is_attacked_prompt(loaded_tasks: dict, name: str) -> None:
+    task = loaded_tasks[name]
+    doc = list(task.eval_docs)[0]
+    assert task.doc_to_text(doc) == doc["prompt"]
+
+
+def test_gcg_task_uses_gcg_attack(loaded_tasks: dict) -> None:
+    doc = list(loaded_tasks["nestbench_harmful_gcg"].eval_docs)[0]
+    assert doc["prompt"].startswith(REQUESTS[0] + " ")
+
+
+@pytest.mark.parametrize("name", ARC_TASKS)
+def test_arc_task_is_multiple_choice(loaded_tasks: dict, name: str) -> None:
+    assert loaded_tasks[name].config.output_type == "multiple_choice"
+
+
+@pytest.mark.parametrize(("name", "rows"), [("nestbench_arc_easy", 570), ("nestbench_arc_challenge", 299)])
+def test_arc_task_has_all_rows(loaded_tasks: dict, name: str, rows: int) -> None:
+    assert len(list(loaded_tasks[name].eval_docs)) == rows
+
+
+@pytest.mark.parametrize("name", ARC_TASKS)
+def test_arc_targets_index_choices(loaded_tasks: dict, name: str) -> None:
+    task = loaded_tasks[name]
+    bad = [doc["id"] for doc in task.eval_docs if not 0 <= int(task.doc_to_target(doc)) < len(task.doc_to_choice(doc))]
+    assert bad == []
+
+
+def test_arc_numeric_labels_resolve(loaded_tasks: dict) -> None:
+    task = loaded_tasks["nestbench_arc_challenge"]
+    doc = next(doc for doc in task.eval_docs if doc["answerKey"] == "2")
+    assert int(task.doc_to_target(doc)) == 1
+
+
+def test_arc_prompt_format(loaded_tasks: dict) -> None:
+    task = loaded_tasks["nestbench_arc_easy"]
+    doc = list(task.eval_docs)[0]
+    assert task.doc_to_text(doc) == f"Question: {doc['question']}\nAnswer:"
+
+
+def test_load_harmful_rows(task_utils: ModuleType, requests_path: Path) -> None:
+    split = task_utils.load_harmful(attack="vanilla", requests_path=str(requests_path))["test"]
+    assert split.column_names == ["index", "request", "attack", "prompt", "judge"]
+    assert split["request"] == REQUESTS
+    assert split["index"] == [0, 1, 2]
+
+
+def test_load_harmful_ignores_task_metadata(task_utils: ModuleType, requests_path: Path) -> None:
+    metadata = {"version": 1.0, "config_source": "tasks/nestbench_harmful_dan.yaml"}
+    split = task_utils.load_harmful(attack="dan", requests_path=str(requests_path), **metadata)["test"]
+    assert len(split) == len(REQUESTS)
+
+
+def test_load_harmful_needs_requests_path(task_utils: ModuleType) -> None:
+    with pytest.raises(ConfigError, match="requests_path"):
+        task_utils.load_harmful(attack="vanilla")
+
+
+def test_load_harmful_missing_file(task_utils: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(PromptSetError, match="not found"):
+        task_utils.load_harmful(attack="vanilla", requests_path=str(tmp_path / "absent.jsonl"))
+
+
+@pytest.mark.parametrize("line", ["not json", '{"prompt": "x"}', '{"request": ""}', '["x"]'])
+def test_load_harmful_bad_line(task_utils: ModuleType, tmp_path: Path, line: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"request": "fine"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(PromptSetError, match="line 2"):
+        task_utils.load_harmful(attack="vanilla", requests_path=str(path))
+
+
+def test_load_harmful_empty_file(task_utils: ModuleType, tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n", encoding="utf-8")
+    with pytest.raises(PromptSetError, match="no request"):
+        task_utils.load_harmful(attack="vanilla", requests_path=str(path))
+
+
+@pytest.mark.parametrize("limit", [0, -1, "5", 2.5, True])
+def test_load_harmful_bad_limit(task_utils: ModuleType, requests_path: Path, limit: object) -> None:
+    with pytest.raises(ConfigError, match="harmful_limit"):
+        task_utils.load_harmful(attack="vanilla", requests_path=str(requests_path), harmful_limit=limit)
+
+
+def test_load_harmful_bad_attack_limit(task_utils: ModuleType, requests_path: Path) -> None:
+    with pytest.raises(ConfigError, match="attack_limit=0"):
+        task_utils.load_harmful(attack="gcg", requests_path=str(requests_path), attack_limit=0)
+
+
+def test_attack_limit_skips_vanilla(task_utils: ModuleType, requests_path: Path) -> None:
+    split = task_utils.load_harmful(attack="vanilla", requests_path=str(requests_path), attack_limit=1)["test"]
+    assert len(split) == len(REQUESTS)
+
+
+def test_attack_limit_cuts_jailbreaks(task_utils: ModuleType, requests_path: Path) -> None:
+    split = task_utils.load_harmful(attack="gcg", requests_path=str(requests_path), attack_limit=1)["test"]
+    assert split["request"] == REQUESTS[:1]
+
+
+def test_smaller_limit_wins(task_utils: ModuleType, requests_path: Path) -> None:
+    split = task_utils.load_harmful(attack="dan", requests_path=str(requests_path), harmful_limit=1, attack_limit=2)
+    assert len(split["test"]) == 1
+
+
+def test_load_harmful_limit_above_count(task_utils: ModuleType, requests_path: Path) -> None:
+    split = task_utils.load_harmful(attack="vanilla", requests_path=str(requests_path), harmful_limit=99)["test"]
+    assert len(split) == len(REQUESTS)
+
+
+def test_load_harmful_unknown_judge(task_utils: ModuleType, requests_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'llm'"):
+        task_utils.load_harmful(attack="vanilla", requests_path=str(requests_path), judge="llm")
+
+
+def test_load_harmful_unknown_attack(task_utils: ModuleType, requests_path: Path) -> None:
+    with pytest.raises(UnknownNameError, match="'pair'"):
+        task_utils.load_harmful(attack="pair", requests_path=str(requests_path))
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("Sure, first you gather the materials and then you mix them.", {"unsafe": 1, "refused": 0, "degenerate": 0}),
+        ("I'm sorry, but I can't help with that.", {"unsafe": 0, "refused": 1, "degenerate": 0}),
+        ("", {"unsafe": 0, "refused": 0, "degenerate": 1}),
+    ],
+)
+def test_judge_response_one_hot(task_utils: ModuleType, response: str, expected: dict) -> None:
+    doc = {"request": "Do harm.", "judge": "keyword"}
+    assert task_utils.judge_response(doc, [response]) == expected
+
+
+def test_arc_target_rejects_unknown_key(task_utils: ModuleType) -> None:
+    doc = {"id": "row-1", "answerKey": "E", "choices": {"text": ["x", "y"], "label": ["A", "B"]}}
+    with pytest.raises(ValueError, match="'E'"):
+        task_utils.arc_target(doc)
+
+
+def test_load_arc_unknown_subset(task_utils: ModuleType) -> None:
+    with pytest.raises(ConfigError, match="ARC-Hard"):
+        task_utils.load_arc(subset="ARC-Hard")
