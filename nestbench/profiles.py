@@ -44,7 +44,7 @@ PROFILES.add(
         utility_limit=None,
         max_new_tokens=48,
         answer_tokens=64,
-        epochs=2,
+        epochs=3,
         batch_size=8,
         eval_batch_size=32,
     ),

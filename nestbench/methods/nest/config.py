@@ -35,7 +35,7 @@ class NestConfig(MethodConfig):
     kmeans_n_init: int = 10
 
     # Training of the per-cluster update vectors U (zero-initialised).
-    lr: float = 1e-2
+    lr: float = 5e-2
     weight_decay: float = 0.0
     val_fraction: float = 0.05
     max_length: int = 256
