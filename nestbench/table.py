@@ -72,7 +72,8 @@ def table_caption(records: Sequence[dict[str, Any]]) -> str:
     notes = [
         f"model {first['model']['spec']}",
         f"judge: {judge}",
-        f"{evaluation.get('max_gen_toks', '?')} new tokens, greedy, chat template",
+        f"safety: {evaluation.get('max_gen_toks', '?')} new tokens, greedy, chat template",
+        "utility: lm-eval log-likelihood without chat template",
         "rates in % with 95% Wilson interval half-widths",
     ]
     if first.get("quick"):
