@@ -7,11 +7,13 @@ data and evaluation settings.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,7 +277,7 @@ class _RunContext:
         record["baseline_run_id"] = self.baseline_id
         write_record(folder, record)
         torch.manual_seed(self.request.seed)
-        try:
+        with _recorded_failure(folder, record):
             if method.needs_sft_data:
                 if self.training_data is None:
                     self.training_data = TrainingData(
@@ -300,14 +302,6 @@ class _RunContext:
                 )
             )
             record["timings"]["tune"] = time.perf_counter() - start
-        except KeyboardInterrupt:
-            record.update(status="cancelled", finished=utc_now())
-            write_record(folder, record)
-            raise
-        except Exception as err:
-            record.update(status="failed", finished=utc_now(), error=_error_info(err))
-            write_record(folder, record)
-            raise
 
         record["trainable_parameters"] = result.trainable_parameters
         record["method_report"] = result.report
@@ -325,18 +319,10 @@ class _RunContext:
         folder.mkdir(parents=True, exist_ok=True)
         write_record(folder, record)
         start = time.perf_counter()
-        try:
+        with _recorded_failure(folder, record):
             result = evaluate_model(
                 model, self.loaded.tokenizer, self.data.harmful_eval.prompts, self.settings, folder
             )
-        except KeyboardInterrupt:
-            record.update(status="cancelled", finished=utc_now())
-            write_record(folder, record)
-            raise
-        except Exception as err:
-            record.update(status="failed", finished=utc_now(), error=_error_info(err))
-            write_record(folder, record)
-            raise
         record["timings"]["evaluate"] = time.perf_counter() - start
         record["metrics"] = result.metrics
         record["task_versions"] = result.task_versions
@@ -347,6 +333,21 @@ class _RunContext:
         write_record(folder, record)
         logger.info("wrote %s", folder / "record.json")
         return record
+
+
+@contextlib.contextmanager
+def _recorded_failure(folder: Path, record: dict[str, Any]) -> Iterator[None]:
+    """Write the record as ``cancelled`` on Ctrl-C or ``failed`` with the traceback on an error, then re-raise."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        record.update(status="cancelled", finished=utc_now())
+        write_record(folder, record)
+        raise
+    except Exception as err:
+        record.update(status="failed", finished=utc_now(), error=_error_info(err))
+        write_record(folder, record)
+        raise
 
 
 def _error_info(err: BaseException) -> dict[str, Any]:

@@ -133,3 +133,14 @@ def test_list_methods():
     assert result.exit_code == 0
     assert "nest" in result.output
     assert "none" in result.output
+
+
+def test_failed_method_keeps_records(tiny_llama_dir, prompt_files, tmp_path):
+    results = tmp_path / "results"
+    code, _, err = _main(_run_args(tiny_llama_dir, prompt_files, results, "--set", "z_threshold=1000"))
+    assert code == 2
+    assert "no safety neurons at z_threshold=1000.0" in err
+    records = {r["method"]: r for r in _records(results)}
+    assert records["none"]["status"] == "success"
+    assert records["nest"]["status"] == "failed"
+    assert records["nest"]["error"]["type"] == "NoSafetyNeuronsError"
