@@ -133,6 +133,7 @@ def test_list_methods():
     assert result.exit_code == 0
     assert "nest" in result.output
     assert "none" in result.output
+    assert "safety neurons" in result.output
 
 
 def test_failed_method_keeps_records(tiny_llama_dir, prompt_files, tmp_path):
@@ -140,6 +141,7 @@ def test_failed_method_keeps_records(tiny_llama_dir, prompt_files, tmp_path):
     code, _, err = _main(_run_args(tiny_llama_dir, prompt_files, results, "--set", "z_threshold=1000"))
     assert code == 2
     assert "no safety neurons at z_threshold=1000.0" in err
+    assert "z_threshold=2.0" in err
     records = {r["method"]: r for r in _records(results)}
     assert records["none"]["status"] == "success"
     assert records["nest"]["status"] == "failed"

@@ -14,6 +14,8 @@ class NoneConfig(MethodConfig):
 
 @register_method
 class NoneMethod(Method):
+    """The untouched model, evaluated as the reference row."""
+
     name = "none"
     config_class = NoneConfig
     needs_sft_data = False

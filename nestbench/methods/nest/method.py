@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 @register_method
 class NestMethod(Method):
+    """NeST: shared updates on probe-selected FFN safety neurons, folded into the weights."""
+
     name = "nest"
     config_class = NestConfig
     config: NestConfig
@@ -60,7 +62,8 @@ class NestMethod(Method):
         selections, audit_modules = self._select_and_cluster(activations, probe_weights, probe_accuracy, context.seed)
         timings["clustering"] = time.perf_counter() - start
         if not selections:
-            lower = max(0.0, round(cfg.z_threshold - 1.0, 1))
+            # The paper's ablation uses 2 to 4, so never suggest more than 2.
+            lower = max(0.0, min(2.0, round(cfg.z_threshold - 1.0, 1)))
             raise NoSafetyNeuronsError(
                 f"no safety neurons at z_threshold={cfg.z_threshold}: no positive probe weight passed it in any of "
                 f"the {len(projections)} modules. Lower the threshold (for example --set z_threshold={lower}) "
