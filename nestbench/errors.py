@@ -1,7 +1,7 @@
 """Exceptions that nestbench raises for bad input and failed runs.
 
 The CLI turns every ``NestbenchError`` into a one-line message and exit code 2, so a
-message must name the offending value and say how to fix it.
+message must name the offending value and the fix.
 """
 
 

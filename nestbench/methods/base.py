@@ -45,7 +45,7 @@ class TuneContext:
 
 @dataclass
 class TuneResult:
-    """What a method returns: a plain model for evaluation and what it reports about itself."""
+    """Result of ``Method.tune``: a plain model for evaluation and the method's own report."""
 
     model: PreTrainedModel
     trainable_parameters: int

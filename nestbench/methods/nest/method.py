@@ -62,7 +62,7 @@ class NestMethod(Method):
         selections, audit_modules = self._select_and_cluster(activations, probe_weights, probe_accuracy, context.seed)
         timings["clustering"] = time.perf_counter() - start
         if not selections:
-            # The paper's ablation uses 2 to 4, so never suggest more than 2.
+            # NeST's published ablation tried thresholds 2 to 4, so the suggestion is at most 2.
             lower = max(0.0, min(2.0, round(cfg.z_threshold - 1.0, 1)))
             raise NoSafetyNeuronsError(
                 f"no safety neurons at z_threshold={cfg.z_threshold}: no positive probe weight passed it in any of "
