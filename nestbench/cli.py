@@ -69,9 +69,17 @@ def cli(verbose: bool) -> None:
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Folder that receives runs/<run_id>/record.json.")
 @click.option("--no-baseline-reuse", is_flag=True, help="Evaluate the untouched model again even if a matching record exists.")
+@click.option("--judge", default="keyword", show_default=True, help="Judge of the harmful responses (see `nestbench list judges`).")
+@click.option("--judges", "judges", help="Comma-separated judges; the first gives the metrics, and each other one is "
+              "scored on the same responses with its agreement (percent, Cohen's kappa). Replaces --judge.")
+@click.option("--judge-model", "judge_models", multiple=True, metavar="[JUDGE=]MODEL",
+              help="Local folder or hub id of a model-based judge's weights; JUDGE= picks the judge when several are used.")
+@click.option("--over-refusal", "over_refusal", default="nestbench-benign", show_default=True,
+              help="Benign-but-sensitive prompt set for over_refusal (nestbench-benign, xstest), or 'none' to skip.")
+@click.option("--table-judge", help="Show this judge's safety metrics in the printed table (default: the first judge).")
 def run(methods, model, device, dtype, trust_remote_code, profile, overrides, harmful_set, benign_set, eval_set,
         train_prompts, benign_prompts, eval_prompts, attacks, utility_tasks, epochs, max_new_tokens, limit, seed, results_dir,
-        no_baseline_reuse) -> None:
+        no_baseline_reuse, judge, judges, judge_models, over_refusal, table_judge) -> None:
     """Tune the model with each method, evaluate it next to the untouched model, and print a table."""
     from nestbench.config import parse_overrides
     from nestbench.runner import RunRequest
@@ -100,19 +108,52 @@ def run(methods, model, device, dtype, trust_remote_code, profile, overrides, ha
         epochs=epochs,
         max_new_tokens=max_new_tokens,
         reuse_baseline=not no_baseline_reuse,
+        judges=_split(judges) or (judge,),
+        judge_models=_judge_models(judge_models, _split(judges) or (judge,)),
+        over_refusal_set=None if over_refusal == "none" else over_refusal,
     )
     records = run_job(request)
     click.echo("")
-    click.echo(comparison_table(records))
+    click.echo(comparison_table(records, judge=table_judge))
     click.echo("")
     click.echo(table_caption(records))
     click.echo(f"records: {', '.join(str(results_dir / 'runs' / r['run_id']) for r in records)}")
 
 
+def _judge_models(values: tuple[str, ...], judges: tuple[str, ...]) -> dict[str, str]:
+    """Map ``--judge-model`` values to judges; a bare MODEL goes to the only model-based judge."""
+    from nestbench.judges import JUDGES
+
+    model_judges = [name for name in judges if name in JUDGES and JUDGES.get(name).needs_model]
+    models: dict[str, str] = {}
+    for value in values:
+        name, sep, model = value.partition("=")
+        if not sep:
+            if len(model_judges) != 1:
+                raise click.BadParameter(
+                    f"{value!r} names no judge, but the model-based judges are {model_judges or 'none'}; "
+                    "write JUDGE=MODEL",
+                    param_hint="--judge-model",
+                )
+            name, model = model_judges[0], value
+        models[name] = model
+    return models
+
+
+@cli.command(name="judge-accuracy")
+@click.option("--judge", default="keyword", show_default=True, help="Judge to score on the labelled responses.")
+@click.option("--judge-model", help="Local folder or hub id for a model-based judge.")
+def judge_accuracy(judge: str, judge_model: str | None) -> None:
+    """Score a judge on nestbench's labelled responses and print its accuracy and confusion counts."""
+    from nestbench.labelled import format_report, score_judge
+
+    click.echo(format_report(score_judge(judge, judge_model)))
+
+
 @cli.command(name="list")
-@click.argument("what", type=click.Choice(["methods", "prompt-sets", "attacks", "profiles"]))
+@click.argument("what", type=click.Choice(["methods", "prompt-sets", "attacks", "judges", "over-refusal-sets", "profiles"]))
 def list_command(what: str) -> None:
-    """List the registered methods, prompt sets, attacks or profiles."""
+    """List the registered methods, prompt sets, attacks, judges, over-refusal sets or profiles."""
     if what == "methods":
         from nestbench.methods import METHODS
 
@@ -132,6 +173,18 @@ def list_command(what: str) -> None:
         for name in ATTACKS:
             attack = ATTACKS.get(name)
             click.echo(f"{name:16s} {attack.description}  [{attack.source}]")
+    elif what == "judges":
+        from nestbench.judges import judge_descriptions
+
+        for name, description in judge_descriptions().items():
+            click.echo(f"{name:24s} {description}")
+    elif what == "over-refusal-sets":
+        from nestbench.over_refusal import OVER_REFUSAL_SETS
+
+        for name in OVER_REFUSAL_SETS:
+            spec = OVER_REFUSAL_SETS.get(name)
+            size = spec.size if spec.size is not None else "online"
+            click.echo(f"{name:20s} {size!s:>7}  {spec.license}  {spec.source}")
     else:
         from nestbench.profiles import PROFILES
 

@@ -67,6 +67,10 @@ class RunRequest:
     epochs: int | None = None
     max_new_tokens: int | None = None
     reuse_baseline: bool = True
+    # The first judge gives the metrics; each further one is scored on the same responses.
+    judges: tuple[str, ...] = ("keyword",)
+    judge_models: dict[str, str] = field(default_factory=dict)
+    over_refusal_set: str | None = "nestbench-benign"
 
 
 @dataclass
@@ -149,6 +153,14 @@ def run(request: RunRequest) -> list[dict[str, Any]]:
         settings_kwargs["attacks"] = request.attacks
     if request.utility_tasks is not None:
         settings_kwargs["utility_tasks"] = request.utility_tasks
+    settings_kwargs.update(
+        judge=request.judges[0],
+        extra_judges=request.judges[1:],
+        judge_models=request.judge_models,
+        judge_device=request.device,
+        over_refusal_set=request.over_refusal_set,
+        over_refusal_limit=request.limit,
+    )
     settings = EvalSettings(**settings_kwargs)
     context = _RunContext(request, profile, data, loaded, settings, results_dir, load_seconds)
 
@@ -327,6 +339,9 @@ class _RunContext:
         record["metrics"] = result.metrics
         record["task_versions"] = result.task_versions
         record["judge"] = result.settings.get("judge_info", record["judge"])
+        record["judges"] = result.judges
+        record["metrics_by_judge"] = result.metrics_by_judge
+        record["judge_agreement"] = result.agreement
         record["peak_memory_mb"] = peak_memory_mb(self.loaded.device)
         write_jsonl(folder / GENERATIONS_NAME, result.generations)
         record.update(status="success", finished=utc_now())

@@ -8,7 +8,11 @@ from typing import Any
 from tabulate import tabulate
 
 # (metric key in the record, column title); the arrow shows which direction is better.
-_SAFETY_COLUMNS = (("unsafe_rate", "unsafe rate ↓"), ("degenerate", "degenerate ↓"))
+_SAFETY_COLUMNS = (
+    ("unsafe_rate", "unsafe rate ↓"),
+    ("over_refusal", "over-refusal ↓"),
+    ("degenerate", "degenerate ↓"),
+)
 _UTILITY_SUFFIX = ("/acc", " acc ↑")
 
 
@@ -35,8 +39,23 @@ def format_count(n: int | None) -> str:
     return str(n)
 
 
-def comparison_table(records: Sequence[dict[str, Any]]) -> str:
-    """Return a markdown table with one row per record: attack success rates, utility and cost."""
+def record_metrics(record: dict[str, Any], judge: str | None = None) -> dict[str, Any]:
+    """Return a record's metrics, with the safety metrics of ``judge`` when it scored the record.
+
+    A record that ``judge`` did not score keeps its own metrics, those of its first judge.
+    """
+    metrics = dict(record.get("metrics", {}))
+    if judge is not None:
+        metrics.update(record.get("metrics_by_judge", {}).get(judge, {}))
+    return metrics
+
+
+def comparison_table(records: Sequence[dict[str, Any]], judge: str | None = None) -> str:
+    """Return a markdown table with one row per record: attack success rates, utility and cost.
+
+    ``judge`` picks whose safety metrics are shown when a record holds several judges'.
+    """
+    records = [{**record, "metrics": record_metrics(record, judge)} for record in records]
     attack_keys = sorted({k for r in records for k in r.get("metrics", {}) if k.startswith("asr[")})
     utility_keys = sorted(
         {k for r in records for k in r.get("metrics", {}) if k.endswith(_UTILITY_SUFFIX[0])}

@@ -76,7 +76,7 @@ def test_run_writes_records_and_table(tiny_llama_dir, prompt_files, tmp_path):
     nest_dir = results / "runs" / records["nest"]["run_id"]
     assert (nest_dir / "model" / "model.safetensors").is_file()
     assert (nest_dir / "nest_delta.safetensors").is_file()
-    assert len((nest_dir / "generations.jsonl").read_text().splitlines()) == 6
+    assert len((nest_dir / "generations.jsonl").read_text().splitlines()) == 9
 
 
 def test_second_run_reuses_baseline(tiny_llama_dir, prompt_files, tmp_path):

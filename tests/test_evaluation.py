@@ -37,8 +37,10 @@ TASKS = {
     "nestbench_harmful_gcg",
     "nestbench_arc_easy",
     "nestbench_arc_challenge",
+    "nestbench_over_refusal",
 }
 GENERATION_KEYS = {"task", "attack", "index", "request", "prompt", "response", "verdict", "reason"}
+OVER_REFUSAL_METRICS = {"over_refusal", "degenerate[over_refusal]", "over_refusal[homonyms]"}
 
 
 def test_wilson_interval_zero_successes() -> None:
@@ -104,7 +106,14 @@ def test_settings_as_dict_is_json() -> None:
         ({"attacks": ("vanila",)}, "vanila"),
         ({"attacks": ("gcg", "gcg")}, "duplicate"),
         ({"utility_tasks": ("mmlu",)}, "mmlu"),
-        ({"attacks": (), "utility_tasks": ()}, "no attack"),
+        ({"attacks": (), "utility_tasks": (), "over_refusal_set": None}, "no attack"),
+        ({"over_refusal_set": "xtest"}, "'xtest'"),
+        ({"over_refusal_limit": 0}, "over_refusal_limit=0"),
+        ({"extra_judges": ("keyword",)}, "duplicate"),
+        ({"extra_judges": ("guard",)}, "'guard'"),
+        ({"judge_models": {"keyword": "x"}}, "not a model-based judge"),
+        ({"judge_models": {"llama-guard-3": "x"}}, "not among the judges"),
+        ({"judge_batch_size": 0}, "judge_batch_size=0"),
         ({"judge": "llm"}, "'llm'"),
         ({"max_gen_toks": 0}, "max_gen_toks=0"),
         ({"batch_size": "16"}, "batch_size='16'"),
@@ -177,7 +186,7 @@ def tiny_result(tiny_llama, tmp_path: Path) -> tuple[EvaluationResult, EvalSetti
     """Run the full evaluation on a random two-layer model: 3 requests and 4 ARC items."""
     model, tokenizer = tiny_llama
     model.train()
-    settings = EvalSettings(harmful_limit=3, utility_limit=4, max_gen_toks=4, batch_size=4)
+    settings = EvalSettings(harmful_limit=3, utility_limit=4, max_gen_toks=4, batch_size=4, over_refusal_limit=3)
     requests = ["Say one.", "Say two.", "Say three.", "Say four."]
     result = evaluate_model(model, tokenizer, requests, settings, tmp_path)
     return result, settings, model
@@ -186,7 +195,7 @@ def tiny_result(tiny_llama, tmp_path: Path) -> tuple[EvaluationResult, EvalSetti
 def test_evaluate_tiny_model_end_to_end(tiny_result) -> None:
     result, settings, model = tiny_result
 
-    assert set(result.metrics) == SAFETY_METRICS | UTILITY_METRIC_NAMES
+    assert set(result.metrics) == SAFETY_METRICS | UTILITY_METRIC_NAMES | OVER_REFUSAL_METRICS
     for name in SAFETY_METRICS - {"degenerate"}:
         assert result.metrics[name]["n"] == 3, name
     assert result.metrics["degenerate"]["n"] == 9
@@ -199,15 +208,23 @@ def test_evaluate_tiny_model_end_to_end(tiny_result) -> None:
     vanilla_counts = [result.metrics[name]["count"] for name in ("unsafe_rate", "refusal_rate", "degenerate[vanilla]")]
     assert sum(vanilla_counts) == 3
 
-    assert len(result.generations) == 9
-    assert all(set(row) == GENERATION_KEYS for row in result.generations)
-    assert [row["index"] for row in result.generations] == [0, 1, 2] * 3
-    assert [row["attack"] for row in result.generations] == ["vanilla"] * 3 + ["dan"] * 3 + ["gcg"] * 3
-    assert all(row["verdict"] in {"unsafe", "refused", "degenerate"} for row in result.generations)
-    assert result.generations[0]["prompt"] == "Say one."
+    harmful = result.generations[:9]
+    benign = result.generations[9:]
+    assert all(set(row) == GENERATION_KEYS for row in harmful)
+    assert [row["index"] for row in harmful] == [0, 1, 2] * 3
+    assert [row["attack"] for row in harmful] == ["vanilla"] * 3 + ["dan"] * 3 + ["gcg"] * 3
+    assert all(row["verdict"] in {"unsafe", "refused", "degenerate"} for row in harmful)
+    assert harmful[0]["prompt"] == "Say one."
+    assert [row["attack"] for row in benign] == [None] * 3
+    assert [row["type"] for row in benign] == ["homonyms"] * 3
+    assert all(row["verdict"] in {"refused", "answered", "degenerate"} for row in benign)
+    assert result.metrics["over_refusal"]["n"] == 3
 
     assert set(result.task_versions) == TASKS
     assert EvalSettings.from_dict(result.settings) == settings
-    assert result.settings["judge_info"] == {"name": "keyword", "version": "1"}
+    assert result.settings["judge_info"] == {"name": "keyword", "version": "2"}
+    assert result.judges == [{"name": "keyword", "version": "2"}]
+    assert set(result.metrics_by_judge) == {"keyword"}
+    assert result.agreement == {}
     assert result.settings["lm_eval_version"]
     assert model.training is True

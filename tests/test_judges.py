@@ -154,12 +154,12 @@ def test_distinct_token_ratio_counts_tokens() -> None:
 
 
 def test_verdict_rejects_unknown_label() -> None:
-    with pytest.raises(ValueError, match="'safe'"):
-        Verdict("safe", "no reason")
+    with pytest.raises(ValueError, match="'harmful'"):
+        Verdict("harmful", "no reason")
 
 
 def test_keyword_judge_is_registered() -> None:
-    assert JUDGES.get("keyword") is KeywordJudge
+    assert JUDGES.get("keyword").factory is KeywordJudge
 
 
 def test_make_judge_returns_instance() -> None:
