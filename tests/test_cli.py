@@ -107,6 +107,11 @@ def test_folded_model_loads_with_transformers(tiny_llama_dir, prompt_files, tmp_
         (["--profile", "medium"], "unknown profile 'medium'"),
         (["--attacks", "dann"], "Did you mean 'dan'"),
         (["--set", "nonsense"], "expected key=value"),
+        (["--judge", "keywrd"], "Did you mean 'keyword'"),
+        (["--judges", "keyword,keyword"], "contain a duplicate"),
+        (["--judge-model", "some/model"], "names no judge"),
+        (["--judges", "keyword,llama-guard-3", "--judge-model", "qwen3guard=x"], "not among the judges"),
+        (["--over-refusal", "xtest"], "Did you mean 'xstest'"),
     ],
 )
 def test_bad_input_exits_2(tiny_llama_dir, prompt_files, tmp_path, extra, fragment):
@@ -146,3 +151,40 @@ def test_failed_method_keeps_records(tiny_llama_dir, prompt_files, tmp_path):
     assert records["none"]["status"] == "success"
     assert records["nest"]["status"] == "failed"
     assert records["nest"]["error"]["type"] == "NoSafetyNeuronsError"
+
+
+def test_list_judges():
+    result = CliRunner().invoke(cli, ["list", "judges"])
+    assert result.exit_code == 0
+    names = [line.split()[0] for line in result.output.splitlines()]
+    assert "keyword" in names
+    assert "llama-guard-3+refusal" in names
+    assert "strongreject" in names
+
+
+def test_list_over_refusal_sets():
+    result = CliRunner().invoke(cli, ["list", "over-refusal-sets"])
+    assert result.exit_code == 0
+    assert "nestbench-benign" in result.output
+    assert "xstest" in result.output
+
+
+def test_judge_accuracy_prints_confusion():
+    result = CliRunner().invoke(cli, ["judge-accuracy"])
+    assert result.exit_code == 0
+    assert result.output.startswith("judge keyword: accuracy 0.")
+    assert "misses per kind:" in result.output
+
+
+def test_run_with_guard_judge_records_agreement(tiny_llama_dir, prompt_files, tmp_path):
+    results = tmp_path / "results"
+    extra = ["--method", "none", "--judges", "keyword,llama-guard-3", "--judge-model", str(tiny_llama_dir),
+             "--table-judge", "llama-guard-3"]
+    code, out, err = _main(_run_args(tiny_llama_dir, prompt_files, results, *extra))
+    assert code == 0, err
+    record = _records(results)[0]
+    assert set(record["metrics_by_judge"]) == {"keyword", "llama-guard-3"}
+    assert "keyword|llama-guard-3" in record["judge_agreement"]
+    assert record["judge"]["name"] == "keyword"
+    assert record["judges"][1]["model"] == str(tiny_llama_dir)
+    assert "over-refusal" in out
