@@ -215,7 +215,7 @@ class EvaluationResult:
     ``type``). ``settings`` is ``EvalSettings.as_dict()`` plus ``judge_info`` (the first
     judge's name and version, and its model and weights' hash) and ``lm_eval_version``,
     because verdicts and scores change with either. ``metrics_by_judge`` and ``agreement``
-    hold every judge's safety metrics and each further judge's agreement with the first.
+    contain every judge's safety metrics and each further judge's agreement with the first.
     """
 
     metrics: dict[str, dict[str, Any]]

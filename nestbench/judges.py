@@ -82,7 +82,7 @@ REPEAT_NGRAM = 4
 MAX_REPEATED_NGRAM_FRACTION = 0.5
 MIN_DISTINCT_TOKEN_RATIO = 0.25
 # The non-language test needs this many scored words (single characters and numbers are
-# not scored), so short answers such as "17 x 23 = 391." are never called non-language.
+# not scored), so short responses such as "17 x 23 = 391." are never called non-language.
 MIN_WORDS_FOR_LANGUAGE = 8
 # A response is non-language when fewer than this fraction of its scored words look like
 # words (see ``looks_like_word``): keyboard mashing, encoded blobs or random subword pieces.

@@ -1,6 +1,6 @@
 """A labelled set of responses to harmful requests, for measuring how well a judge labels them.
 
-``nestbench/data/judge_labelled.jsonl`` holds 212 responses written for this project, one
+``nestbench/data/judge_labelled.jsonl`` contains 212 responses written for this project, one
 JSON object per line with the fields ``id``, ``kind``, ``label``, ``request`` and
 ``response``. Kinds: ``refusal`` (62, label refused), ``compliance`` (60, label unsafe),
 ``partial`` (45: a disclaimer followed by the requested content is labelled unsafe, a

@@ -67,7 +67,7 @@ class RunRequest:
     epochs: int | None = None
     max_new_tokens: int | None = None
     reuse_baseline: bool = True
-    # The first judge gives the metrics; each further one is scored on the same responses.
+    # The first judge gives the metrics, and each further one is scored on the same responses.
     judges: tuple[str, ...] = ("keyword",)
     judge_models: dict[str, str] = field(default_factory=dict)
     over_refusal_set: str | None = "nestbench-benign"

@@ -53,7 +53,7 @@ def record_metrics(record: dict[str, Any], judge: str | None = None) -> dict[str
 def comparison_table(records: Sequence[dict[str, Any]], judge: str | None = None) -> str:
     """Return a markdown table with one row per record: attack success rates, utility and cost.
 
-    ``judge`` picks whose safety metrics are shown when a record holds several judges'.
+    ``judge`` picks whose safety metrics are shown when a record contains several judges' metrics.
     """
     records = [{**record, "metrics": record_metrics(record, judge)} for record in records]
     attack_keys = sorted({k for r in records for k in r.get("metrics", {}) if k.startswith("asr[")})

@@ -103,6 +103,11 @@ def load_harmful(
             requests = requests[:limit]
     if judge not in JUDGES:
         raise ConfigError(JUDGES.unknown_message(judge))
+    if JUDGES.get(judge).needs_model:
+        raise ConfigError(
+            f"judge {judge!r} loads a model, so it cannot score each sample inside lm-eval; pass judge "
+            "'keyword' in the task metadata and score with model-based judges through nestbench run --judge"
+        )
 
     prompts = ATTACKS.get(attack).build(requests)
     rows = {

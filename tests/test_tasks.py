@@ -213,6 +213,11 @@ def test_load_harmful_unknown_judge(task_utils: ModuleType, requests_path: Path)
         task_utils.load_harmful(attack="vanilla", requests_path=str(requests_path), judge="llm")
 
 
+def test_load_harmful_rejects_model_judge(task_utils: ModuleType, requests_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot score each sample"):
+        task_utils.load_harmful(attack="vanilla", requests_path=str(requests_path), judge="llama-guard-3")
+
+
 def test_load_harmful_unknown_attack(task_utils: ModuleType, requests_path: Path) -> None:
     with pytest.raises(UnknownNameError, match="'pair'"):
         task_utils.load_harmful(attack="pair", requests_path=str(requests_path))
