@@ -86,6 +86,12 @@ def run(methods, model, device, dtype, trust_remote_code, profile, overrides, ha
     from nestbench.runner import run as run_job
     from nestbench.table import comparison_table, table_caption
 
+    judge_names = _split(judges) or (judge,)
+    if table_judge is not None and table_judge not in judge_names:
+        raise click.BadParameter(
+            f"{table_judge!r} is not among the judges {list(judge_names)}; add it to --judges",
+            param_hint="--table-judge",
+        )
     request = RunRequest(
         methods=_split(methods),
         model=model,
@@ -108,15 +114,15 @@ def run(methods, model, device, dtype, trust_remote_code, profile, overrides, ha
         epochs=epochs,
         max_new_tokens=max_new_tokens,
         reuse_baseline=not no_baseline_reuse,
-        judges=_split(judges) or (judge,),
-        judge_models=_judge_models(judge_models, _split(judges) or (judge,)),
+        judges=judge_names,
+        judge_models=_judge_models(judge_models, judge_names),
         over_refusal_set=None if over_refusal == "none" else over_refusal,
     )
     records = run_job(request)
     click.echo("")
     click.echo(comparison_table(records, judge=table_judge))
     click.echo("")
-    click.echo(table_caption(records))
+    click.echo(table_caption(records, judge=table_judge))
     click.echo(f"records: {', '.join(str(results_dir / 'runs' / r['run_id']) for r in records)}")
 
 

@@ -153,6 +153,8 @@ def run(request: RunRequest) -> list[dict[str, Any]]:
         settings_kwargs["attacks"] = request.attacks
     if request.utility_tasks is not None:
         settings_kwargs["utility_tasks"] = request.utility_tasks
+    if not request.judges:
+        raise ConfigError("no judge given; name at least one, for example judges=('keyword',)")
     settings_kwargs.update(
         judge=request.judges[0],
         extra_judges=request.judges[1:],

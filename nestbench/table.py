@@ -81,13 +81,16 @@ def _format_seconds(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds:.0f}"
 
 
-def table_caption(records: Sequence[dict[str, Any]]) -> str:
-    """Describe the protocol behind a table: judge, model, prompt counts and generation length."""
+def table_caption(records: Sequence[dict[str, Any]], judge: str | None = None) -> str:
+    """Describe the protocol behind a table: judge, model, prompt counts and generation length.
+
+    ``judge`` names the judge whose metrics the table shows, when it is not the first one.
+    """
     if not records:
         return ""
     first = records[0]
     evaluation = first.get("evaluation", {})
-    judge = first.get("judge", {}).get("name", "?")
+    judge = judge or first.get("judge", {}).get("name", "?")
     notes = [
         f"model {first['model']['spec']}",
         f"judge: {judge}",

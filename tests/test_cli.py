@@ -112,6 +112,7 @@ def test_folded_model_loads_with_transformers(tiny_llama_dir, prompt_files, tmp_
         (["--judge-model", "some/model"], "names no judge"),
         (["--judges", "keyword,llama-guard-3", "--judge-model", "qwen3guard=x"], "not among the judges"),
         (["--over-refusal", "xtest"], "Did you mean 'xstest'"),
+        (["--table-judge", "qwen3guard"], "not among the judges"),
     ],
 )
 def test_bad_input_exits_2(tiny_llama_dir, prompt_files, tmp_path, extra, fragment):
