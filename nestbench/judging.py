@@ -3,12 +3,13 @@
 Model-based judges load a second model and classify in batches, which lm-eval's per-sample
 ``process_results`` hook cannot do. ``evaluate_model`` therefore generates through lm-eval,
 collects the responses, and passes them here. The first judge gives the run's metrics;
-every further judge gets its own metrics and its agreement with the first.
+every judge gets its own metrics, and every pair of judges its agreement.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class JudgingResult:
-    """Metrics per judge, each judge's description, and pairwise agreement with the first judge."""
+    """Metrics per judge, each judge's description, and the agreement of every pair of judges."""
 
     metrics_by_judge: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     judges: list[dict[str, Any]] = field(default_factory=list)
@@ -68,9 +69,8 @@ def judge_rows(
     if len(judges) > 1:
         for index, row in enumerate(rows):
             row["verdicts"] = {name: labels[name][index] for name in judges}
-        first = judges[0]
-        for other in judges[1:]:
-            result.agreement[f"{first}|{other}"] = judge_agreement(labels[first], labels[other])
+        for first, second in itertools.combinations(judges, 2):
+            result.agreement[f"{first}|{second}"] = judge_agreement(labels[first], labels[second])
     return result
 
 

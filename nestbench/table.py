@@ -98,8 +98,21 @@ def table_caption(records: Sequence[dict[str, Any]], judge: str | None = None) -
         "utility: lm-eval log-likelihood without chat template",
         "rates in % with 95% Wilson interval half-widths",
     ]
+    for pair, agreement in first.get("judge_agreement", {}).items():
+        notes.append(_format_agreement(pair, agreement))
     if first.get("quick"):
         notes.append("quick profile (subsets; not a paper-scale result)")
     if any(r.get("limited") for r in records):
         notes.append("LIMITED run (--limit): not a real result")
     return "; ".join(notes)
+
+
+def _format_agreement(pair: str, agreement: dict[str, Any]) -> str:
+    if agreement.get("agreement") is None:
+        return f"judges {pair}: no response that both judges could label"
+    kappa = agreement.get("kappa")
+    kappa_text = "undefined" if kappa is None else f"{kappa:.2f}"
+    return (
+        f"judges {pair} agree on {100 * agreement['agreement']:.1f}% of {agreement['n']} responses "
+        f"(Cohen's kappa {kappa_text}, first row)"
+    )
