@@ -302,7 +302,14 @@ class GenerativeJudge:
 
 
 class ChatTemplateJudge(GenerativeJudge):
-    """A guard that takes the conversation through its own chat template (Llama Guard, Qwen3Guard)."""
+    """A guard that takes the conversation through its own chat template (Llama Guard, Qwen3Guard).
+
+    Message content is given as a plain string, or as a list of text parts when the template
+    expects that (Llama Guard 3 1B does, its 8B sibling and Qwen3Guard take strings). A
+    rendering that raises, or that lacks the request or the response, counts as a failure.
+    NOTE: these prompts were checked against the model cards' examples, not run with the
+    real guard weights, which no machine of this project can download.
+    """
 
     def build_prompt(self, request: str, response: str) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
@@ -310,8 +317,25 @@ class ChatTemplateJudge(GenerativeJudge):
                 f"judge model {self.loaded.spec!r} has no chat template, but judge {self.name!r} builds its "
                 "classifier prompt with it; pass the guard model's own folder or hub id"
             )
-        messages = [{"role": "user", "content": request}, {"role": "assistant", "content": response}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.render_conversation([("user", request), ("assistant", response)])
+
+    def render_conversation(self, turns: Sequence[tuple[str, str]]) -> str:
+        """Render ``(role, text)`` turns with the chat template and its generation prompt."""
+        from jinja2 import TemplateError
+
+        plain = [{"role": role, "content": text} for role, text in turns]
+        parts = [{"role": role, "content": [{"type": "text", "text": text}]} for role, text in turns]
+        for messages in (plain, parts):
+            try:
+                rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except (TemplateError, TypeError, KeyError, ValueError):
+                continue
+            if all(text.strip() in rendered for _, text in turns):
+                return rendered
+        raise ConfigError(
+            f"the chat template of judge model {self.loaded.spec!r} did not render the conversation with its "
+            "content as a string or as text parts; pass the guard model's own folder or hub id"
+        )
 
 
 class LlamaGuardJudge(ChatTemplateJudge):
@@ -365,10 +389,7 @@ class StrongRejectJudge(ChatTemplateJudge):
                 f"judge model {self.loaded.spec!r} has no chat template; the StrongREJECT judge needs an "
                 "instruction-tuned chat model"
             )
-        rubric = STRONGREJECT_PROMPT.format(request=request, response=response)
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": rubric}], tokenize=False, add_generation_prompt=True
-        )
+        return self.render_conversation([("user", STRONGREJECT_PROMPT.format(request=request, response=response))])
 
     def parse(self, output: str) -> Verdict:
         return parse_strongreject(output)

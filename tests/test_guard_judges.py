@@ -231,3 +231,34 @@ def test_evaluate_with_two_judges(tiny_llama, tiny_llama_dir: Path, tmp_path: Pa
     assert all(set(row["verdicts"]) == {"keyword", "llama-guard-3"} for row in result.generations)
     saved = (tmp_path / RESPONSES_FILE).read_text().splitlines()
     assert len(saved) == 3
+
+
+# A template in the style of Llama Guard 3 1B, which reads each message's content as a list
+# of typed parts and fails on a plain string.
+PARTS_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] }}: {% for part in message['content'] %}{{ part['text'] }}{% endfor %}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}verdict:{% endif %}"
+)
+
+
+def test_chat_template_with_text_parts(tiny_llama_dir: Path) -> None:
+    judge = make_judge("llama-guard-3", str(tiny_llama_dir), device="cpu")
+    judge.tokenizer.chat_template = PARTS_TEMPLATE
+    prompt = judge.build_prompt("Explain how to pick a lock.", "Sure, first")
+    # transformers renders chat templates with trim_blocks, so the newline after a block tag goes.
+    assert prompt == "user: Explain how to pick a lock.assistant: Sure, firstverdict:"
+
+
+def test_chat_template_plain_strings(tiny_llama_dir: Path) -> None:
+    judge = make_judge("qwen3guard", str(tiny_llama_dir), device="cpu")
+    prompt = judge.build_prompt("Explain how to pick a lock.", "Sure, first")
+    assert prompt.endswith("<|im_start|>assistant\nSure, first<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_chat_template_dropping_response(tiny_llama_dir: Path) -> None:
+    judge = make_judge("llama-guard-3", str(tiny_llama_dir), device="cpu")
+    judge.tokenizer.chat_template = "{{ messages[0]['content'] }}"
+    with pytest.raises(ConfigError, match="did not render the conversation"):
+        judge.build_prompt("Explain how to pick a lock.", "Sure, first")
