@@ -87,6 +87,57 @@ def test_hook_matches_materialised_weights(tiny_llama):
     assert torch.allclose(hooked, expected, atol=1e-6)
 
 
+def _frozen_projection_with_update(d_model: int = 8, d_ff: int = 32):
+    torch.manual_seed(0)
+    projection = torch.nn.Linear(d_model, d_ff, bias=False).requires_grad_(False)
+    selection = ModuleSelection("proj", torch.tensor([3, 17, 30]), torch.tensor([0, 1, 0]), 2)
+    update = NeuronUpdate(selection, d_model, torch.float32, torch.device("cpu"))
+    with torch.no_grad():
+        update.update.normal_()
+    update.attach(projection)
+    return projection, update
+
+
+def test_hook_adds_in_place():
+    projection, _ = _frozen_projection_with_update()
+    outputs = []
+    projection.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    result = projection(torch.randn(2, 5, 8))
+    # The later hook sees the tensor that the update hook returned, which must be the
+    # Linear's own output buffer rather than a copy.
+    assert result.data_ptr() == outputs[0].data_ptr()
+
+
+def test_hook_saves_no_full_width_tensor():
+    projection, _ = _frozen_projection_with_update(d_model=8, d_ff=32)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    saved_sizes = []
+
+    def pack(tensor):
+        saved_sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        projection(x)
+    full_output = 2 * 5 * 32
+    assert saved_sizes, "the update's backward saves nothing, so the hook is not in the graph"
+    assert max(saved_sizes) < full_output
+
+
+def test_hook_gradient_matches_materialised_weights():
+    projection, update = _frozen_projection_with_update()
+    x = torch.randn(2, 5, 8)
+    grad_out = torch.randn(2, 5, 32)
+    (projection(x) * grad_out).sum().backward()
+    hook_grad = update.update.grad.clone()
+
+    update.update.grad = None
+    weight = projection.weight.detach()
+    rows = torch.zeros_like(weight).index_add(0, update.neurons, update.update[update.assignments])
+    ((x @ (weight + rows).T) * grad_out).sum().backward()
+    assert torch.allclose(hook_grad, update.update.grad, atol=1e-5)
+
+
 def test_only_updates_receive_gradients(tiny_llama):
     model, tokenizer = tiny_llama
     for param in model.parameters():
