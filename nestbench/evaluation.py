@@ -216,6 +216,7 @@ class EvaluationResult:
     judge's name and version, and its model and weights' hash) and ``lm_eval_version``,
     because verdicts and scores change with either. ``metrics_by_judge`` and ``agreement``
     contain every judge's safety metrics and each further judge's agreement with the first.
+    ``timings`` maps each lm-eval task name to the seconds its run took.
     """
 
     metrics: dict[str, dict[str, Any]]
@@ -225,6 +226,7 @@ class EvaluationResult:
     judges: list[dict[str, Any]] = field(default_factory=list)
     metrics_by_judge: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def harmful_task_name(attack: str) -> str:
@@ -294,14 +296,14 @@ def evaluate_model(
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
         result = EvaluationResult(metrics={}, settings=_recorded_settings(settings))
         if settings.attacks or settings.over_refusal_set is not None:
-            results = _run_safety(lm, task_manager, settings)
+            results = _run_safety(lm, task_manager, settings, result.timings)
             result.generations = collect_generations(results, settings)
             _write_responses(result.generations, work_dir)
             benign = [row for row in result.generations if row["task"] == OVER_REFUSAL_TASK]
             result.metrics.update(over_refusal_metrics(benign))
             result.task_versions.update(_task_versions(results))
         if settings.utility_tasks:
-            results = _run_utility(lm, task_manager, settings)
+            results = _run_utility(lm, task_manager, settings, result.timings)
             result.metrics.update(utility_metrics(results, settings.utility_tasks))
             result.task_versions.update(_task_versions(results))
     finally:
@@ -386,30 +388,49 @@ def _generation_tasks(settings: EvalSettings) -> list[str]:
     return tasks
 
 
-def _run_safety(lm: Any, task_manager: Any, settings: EvalSettings) -> dict[str, Any]:
+def _run_safety(lm: Any, task_manager: Any, settings: EvalSettings, timings: dict[str, float]) -> dict[str, Any]:
     tasks = _generation_tasks(settings)
     gen_kwargs = {"max_gen_toks": settings.max_gen_toks, "until": [], "do_sample": False}
-    return _simple_evaluate(
+    return _evaluate_each(
         lm,
         task_manager,
         tasks,
+        timings,
         apply_chat_template=True,
         system_instruction=settings.system_prompt,
         gen_kwargs=gen_kwargs,
     )
 
 
-def _run_utility(lm: Any, task_manager: Any, settings: EvalSettings) -> dict[str, Any]:
+def _run_utility(lm: Any, task_manager: Any, settings: EvalSettings, timings: dict[str, float]) -> dict[str, Any]:
     tasks = [UTILITY_TASKS[name] for name in settings.utility_tasks]
     # lm-eval flags results computed with `limit` as unfit for reporting, so it is passed
     # only when the caller asks for a subset.
-    return _simple_evaluate(
+    return _evaluate_each(
         lm,
         task_manager,
         tasks,
+        timings,
         apply_chat_template=settings.utility_chat_template,
         limit=settings.utility_limit,
     )
+
+
+def _evaluate_each(
+    lm: Any, task_manager: Any, tasks: list[str], timings: dict[str, float], **kwargs: Any
+) -> dict[str, Any]:
+    """Run each task in its own ``simple_evaluate`` call, so each gets its own time in ``timings``.
+
+    Returns the per-task parts of lm-eval's results that nestbench reads, merged.
+    """
+    merged: dict[str, dict[str, Any]] = {"results": {}, "samples": {}, "versions": {}, "n-samples": {}}
+    for task in tasks:
+        start = time.perf_counter()
+        results = _simple_evaluate(lm, task_manager, [task], **kwargs)
+        timings[task] = time.perf_counter() - start
+        for key, part in merged.items():
+            part.update(results.get(key, {}))
+    return merged
 
 
 def _task_versions(results: dict[str, Any]) -> dict[str, str]:

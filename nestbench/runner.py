@@ -338,6 +338,7 @@ class _RunContext:
                 model, self.loaded.tokenizer, self.data.harmful_eval.prompts, self.settings, folder
             )
         record["timings"]["evaluate"] = time.perf_counter() - start
+        record["timings"]["evaluate_tasks"] = result.timings
         record["metrics"] = result.metrics
         record["task_versions"] = result.task_versions
         record["judge"] = result.settings.get("judge_info", record["judge"])

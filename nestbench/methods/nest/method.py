@@ -104,12 +104,14 @@ class NestMethod(Method):
         timings["training"] = stats.seconds
 
         # Step 8: fold the updates into the weights, which leaves a plain model.
+        start = time.perf_counter()
         delta_path = context.work_dir / "nest_delta.safetensors"
         save_delta(delta_path, updates, {"z_threshold": cfg.z_threshold, "clustering": cfg.clustering})
         for name, update in updates.items():
             update.fold(projections[name])
         for param in model.parameters():
             param.requires_grad_(True)
+        timings["fold"] = time.perf_counter() - start
 
         report = self._audit(audit_modules, trainable, stats, timings)
         audit_path = context.work_dir / "nest_audit.json"
