@@ -169,6 +169,28 @@ def test_delta_reproduces_fold(tiny_llama, tmp_path):
     assert torch.allclose(model(_ids(tokenizer)).logits, folded, atol=1e-6)
 
 
+def test_adam_probe_matches_torch_adam():
+    from nestbench.methods.nest.probes import _fit_adam, _probe_loss
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 40, 16)
+    target = (torch.rand(40) > 0.5).float().expand(3, -1)
+    w_start = torch.randn(3, 16, 1) * 0.01
+    w = w_start.clone().requires_grad_()
+    b = torch.zeros(3, 1, 1, requires_grad=True)
+    optimizer = torch.optim.Adam([w, b], lr=1e-2, weight_decay=1e-3)
+    for _ in range(200):
+        optimizer.zero_grad()
+        _probe_loss(x, target, w, b).backward()
+        optimizer.step()
+
+    w_ours, b_ours = w_start.clone(), torch.zeros(3, 1, 1)
+    _fit_adam(x, target, w_ours, b_ours, 1e-2, 1e-3, 200)
+    assert w.detach().abs().max() > 0.5  # the weights moved far from the start
+    assert torch.allclose(w_ours, w.detach(), atol=1e-5)
+    assert torch.allclose(b_ours, b.detach(), atol=1e-5)
+
+
 def test_selection_rule_on_handmade_weights():
     weights = torch.zeros(100)
     weights[3] = 10.0
