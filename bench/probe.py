@@ -1,9 +1,8 @@
 """Time NeST's probe stage and compare its safety neurons with a reference Adam probe.
 
-The reference is the paper's probe: full-batch Adam for 5,000 epochs. It takes minutes, so
-its probe weights are computed once and stored in the cache folder under a key made of the
-model hash, the hash of the prompts and labels, and the reference settings; later runs reuse
-them. Each candidate is a set of NeST recipe keys, timed through the same code path as the
+The reference is the NeST paper's probe: full-batch Adam for 5,000 epochs. It takes minutes,
+so its probe weights are computed once and cached. The cache key is made of the model hash,
+the hash of the prompts and labels, and the reference settings, and later runs reuse it. Each candidate is a set of NeST recipe keys, timed through the same code path as the
 ``probes`` stage of ``nestbench run`` (all modules' probes trained together). The overlap is
 the Jaccard index of the sets of (module, neuron) pairs selected at each z threshold.
 

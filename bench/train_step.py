@@ -120,7 +120,7 @@ class Setup:
 
 
 def make_batch(vocab_size: int, args: argparse.Namespace, device) -> dict[str, torch.Tensor]:
-    """Build a fixed batch: random tokens, loss on the second half of each sequence (the answer)."""
+    """Build a fixed batch: random tokens, loss on the second half of each sequence, as on a target response."""
     generator = torch.Generator().manual_seed(args.seed)
     input_ids = torch.randint(vocab_size, (args.batch_size, args.seq_len), generator=generator)
     labels = input_ids.clone()
@@ -180,8 +180,8 @@ def print_report(args, times, trainable, memory) -> None:
         f"{args.clusters} clusters per gate/up projection; LoRA on {', '.join(FFN_MODULES)}"
     )
     if memory:
-        how = {m["how"] for m in memory.values()}
-        print(f"memory: peak RSS during {args.memory_steps} steps minus RSS before them, one subprocess per set-up ({', '.join(sorted(how))})")
+        measured_by = {m["measured_by"] for m in memory.values()}
+        print(f"memory: peak RSS during {args.memory_steps} steps minus RSS before them, one subprocess per set-up ({', '.join(sorted(measured_by))})")
     print_table(rows, list(rows[0]))
 
 
@@ -202,16 +202,16 @@ def measure_memory(args: argparse.Namespace) -> dict:
     del loaded
     _release_free_memory()
     before = _status_kib("VmRSS")
-    how = "VmHWM after clear_refs" if _reset_peak_rss() else "ru_maxrss (includes the loading peak)"
+    measured_by = "VmHWM after clear_refs" if _reset_peak_rss() else "ru_maxrss (includes the loading peak)"
     for _ in range(args.memory_steps):
         s.step(batch)
-    if how.startswith("VmHWM"):
+    if measured_by.startswith("VmHWM"):
         peak = _status_kib("VmHWM")
     else:
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"setup": args.worker, "rss_before_mib": before / 1024, "peak_mib": peak / 1024, "peak_extra_mib": (peak - before) / 1024, "how": how}
+    return {"setup": args.worker, "rss_before_mib": before / 1024, "peak_mib": peak / 1024, "peak_extra_mib": (peak - before) / 1024, "measured_by": measured_by}
 
 
 def _release_free_memory() -> None:

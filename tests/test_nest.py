@@ -103,7 +103,7 @@ def test_hook_adds_in_place():
     outputs = []
     projection.register_forward_hook(lambda _m, _i, out: outputs.append(out))
     result = projection(torch.randn(2, 5, 8))
-    # The later hook sees the tensor that the update hook returned, which must be the
+    # The later hook receives the tensor that the update hook returned, which must be the
     # Linear's own output buffer rather than a copy.
     assert result.data_ptr() == outputs[0].data_ptr()
 
