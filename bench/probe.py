@@ -2,9 +2,10 @@
 
 The reference is the NeST paper's probe: full-batch Adam for 5,000 epochs. It takes minutes,
 so its probe weights are computed once and cached. The cache key is made of the model hash,
-the hash of the prompts and labels, and the reference settings, and later runs reuse it. Each candidate is a set of NeST recipe keys, timed through the same code path as the
-``probes`` stage of ``nestbench run`` (all modules' probes trained together). The overlap is
-the Jaccard index of the sets of (module, neuron) pairs selected at each z threshold.
+the hash of the prompts and labels, and the reference settings, and later runs reuse it.
+Each candidate is a set of NeST recipe keys, timed through the same code path as the
+``probes`` stage of ``nestbench run``. The overlap is the Jaccard index of the sets of
+(module, neuron) pairs selected at each z threshold.
 
     flock /tmp/nestbench-heavy.lock env OMP_NUM_THREADS=2 python bench/probe.py
 """

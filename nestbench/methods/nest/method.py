@@ -50,8 +50,8 @@ class NestMethod(Method):
         timings["activations"] = time.perf_counter() - start
         logger.info("pooled activations of %d prompts over %d modules in %.1f s", len(prompts), len(projections), timings["activations"])
 
-        # Step 3: all modules' probes are trained together. Projections may differ in
-        # width, so modules are grouped by d_ff.
+        # Step 3: one probe per module. Projections may differ in width, so modules are
+        # grouped by d_ff before their features are stacked.
         start = time.perf_counter()
         probe_weights, probe_accuracy = self._train_probes(activations, labels, context.seed)
         timings["probes"] = time.perf_counter() - start
