@@ -42,6 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--reference-epochs", type=positive_int, default=5000, help="Adam epochs of the reference probe (default: 5000)")
     parser.add_argument("--reference-seeds", type=positive_int, default=1, help="initialisations averaged in the reference (default: 1)")
+    parser.add_argument(
+        "--modules",
+        default=None,
+        help="comma-separated indices of the modules to probe, in layer order (default: all), for cheap comparisons",
+    )
     parser.add_argument("--z-thresholds", default="3,2", help="comma-separated z thresholds to compare selections at (default: 3,2)")
     parser.add_argument(
         "--cache-dir",
@@ -61,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from nestbench.config import build_config, parse_overrides
+    from nestbench.errors import ConfigError
     from nestbench.methods.nest.config import NestConfig
     from nestbench.methods.nest.method import NestMethod
     from nestbench.methods.nest.probes import find_ffn_projections, pooled_activations, select_safety_neurons
@@ -78,14 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load(args)
     prompts, labels = probe_prompts(args.prompts, args.seed)
     data_hash = sha256_json({"prompts": prompts, "labels": labels.tolist()})
-    projections = find_ffn_projections(loaded.model, reference_config.projections)
+    all_projections = find_ffn_projections(loaded.model, reference_config.projections)
+    projections = all_projections
+    if args.modules:
+        names = list(all_projections)
+        try:
+            projections = {names[int(i)]: all_projections[names[int(i)]] for i in args.modules.split(",")}
+        except (ValueError, IndexError) as err:
+            raise ConfigError(f"--modules {args.modules!r} is invalid; give indices from 0 to {len(names) - 1}") from err
 
     activations, activation_seconds = _activations(
         args.activations_file, {"model": loaded.model_hash, "data": data_hash},
-        lambda: pooled_activations(loaded.model, loaded.tokenizer, prompts, projections, reference_config.activation_batch_size),
+        lambda: pooled_activations(loaded.model, loaded.tokenizer, prompts, all_projections, reference_config.activation_batch_size),
     )
 
+    activations = {name: activations[name] for name in projections}
     reference_key = sha256_json({
+        "modules": list(projections),
         "model_sha256": loaded.model_hash,
         "data_sha256": data_hash,
         "seed": args.seed,
