@@ -228,3 +228,9 @@ def test_evaluate_tiny_model_end_to_end(tiny_result) -> None:
     assert result.agreement == {}
     assert result.settings["lm_eval_version"]
     assert model.training is True
+
+
+def test_evaluate_times_each_task(tiny_result) -> None:
+    result, _, _ = tiny_result
+    assert set(result.timings) == TASKS
+    assert all(seconds > 0 for seconds in result.timings.values())
