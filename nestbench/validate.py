@@ -59,13 +59,9 @@ def plan_run(request: RunRequest) -> RunPlan:
     check_override_scopes(request.overrides, request.methods)
     profile = resolve_profile(request.profile, epochs=request.epochs, max_new_tokens=request.max_new_tokens)
     methods = {name: build_method(name, overrides_for(name, request.overrides)) for name in request.methods}
-    for chosen_file, set_name in (
-        (request.train_prompts, request.harmful_set),
-        (request.benign_prompts, request.benign_set),
-        (request.eval_prompts, request.eval_set),
-    ):
-        if chosen_file is None:
-            PROMPT_SETS.get(set_name)
+    # Set names are checked even where a prompt file replaces the set, so a typo never passes unseen.
+    for set_name in (request.harmful_set, request.benign_set, request.eval_set):
+        PROMPT_SETS.get(set_name)
     settings = eval_settings(request, profile)
     resolve_dtype(request.dtype, resolve_device(request.device))
     return RunPlan(profile, methods, settings)
