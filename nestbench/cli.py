@@ -132,14 +132,14 @@ def run(ctx, methods, model, device, dtype, trust_remote_code, profile, override
 
 def _check_resume_options(ctx: click.Context) -> None:
     """Reject run options next to --resume, because a resumed run keeps the settings in its record."""
-    given = [
+    explicit_options = [
         param.opts[0] for param in ctx.command.params
         if param.name not in ("resume_id", "results_dir")
         and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE
     ]
-    if given:
+    if explicit_options:
         raise click.UsageError(
-            f"--resume takes every setting from the run's record, so drop {', '.join(given)}; "
+            f"--resume takes every setting from the run's record, so drop {', '.join(explicit_options)}; "
             "start a new run to change settings"
         )
 

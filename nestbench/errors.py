@@ -43,7 +43,7 @@ class UnsupportedModelError(NestbenchError):
 
 
 class TrainingDivergedError(NestbenchError):
-    """The training loss became NaN or infinite; ``loss_curve`` holds the steps before it."""
+    """The training loss became NaN or infinite; ``loss_curve`` contains the steps before it."""
 
     def __init__(self, message: str, step: int, loss_curve: list[dict[str, float]] | None = None):
         super().__init__(message)

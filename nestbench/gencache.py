@@ -1,4 +1,4 @@
-"""Where lm-eval caches a model's responses, so that no evaluation request runs twice.
+"""Location and key of lm-eval's response cache, so that no evaluation request runs twice.
 
 Evaluation passes ``use_cache`` to ``lm_eval.simple_evaluate``, whose ``CachingLM`` stores
 each response in a SQLite file under the SHA-256 of the request type and arguments. For a

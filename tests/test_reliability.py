@@ -1,6 +1,6 @@
 """Bad input, interruption, resume, reproducibility and safe loading, through the ``nestbench`` CLI.
 
-Every bad-input test starts from a results folder that already holds a finished run and
+Every bad-input test starts from a results folder that already contains a finished run and
 checks that its files are byte-for-byte unchanged afterwards.
 """
 
@@ -185,7 +185,7 @@ def test_hub_id_with_offline_flag(workspace, monkeypatch):
 def test_hub_id_unreachable_fails_fast(workspace, monkeypatch):
     import huggingface_hub.constants
 
-    # A port on loopback that nothing listens on stands in for an unreachable hub.
+    # A loopback port that nothing listens on simulates an unreachable hub.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -327,7 +327,7 @@ def test_disk_full_while_writing_generations(workspace, monkeypatch):
         def write(self, _text):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    # os.fdopen sees only a descriptor, so mkstemp records which temporary file each one opens.
+    # os.fdopen gets only a descriptor, so mkstemp records which temporary file each one opens.
     names: dict[int, str] = {}
     real_mkstemp = nestbench.records.tempfile.mkstemp
 
