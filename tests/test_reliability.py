@@ -441,6 +441,49 @@ def test_cancel_during_tuning_then_resume(workspace, monkeypatch):
     assert_earlier_results_intact(workspace)
 
 
+def test_cancel_mid_generation_keeps_responses(workspace, monkeypatch):
+    import dataclasses
+
+    import lm_eval.models.huggingface
+
+    from nestbench.profiles import PROFILES
+
+    # Batches of 2 split the 6 harmful requests into 3 generate calls; the second is interrupted.
+    quick = PROFILES.get("quick")
+    monkeypatch.setitem(PROFILES._entries, "quick", dataclasses.replace(quick, eval_batch_size=2))
+    real_generate = lm_eval.models.huggingface.HFLM._model_generate
+    batches: list[int] = []
+
+    def interrupted(self, *args, **kwargs):
+        batches.append(1)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(lm_eval.models.huggingface.HFLM, "_model_generate", interrupted)
+    shutil.rmtree(workspace["results"] / "runs" / "generation-cache")
+    args = run_args(workspace["model"], workspace, workspace["results"], "--method", "none", "--no-baseline-reuse")
+    code, _, err = run_cli(args)
+    assert code == 130, err
+    cancelled = [r for r in records(workspace["results"]).values() if r["status"] == "cancelled"]
+    assert len(cancelled) == 1
+
+    requested: list[int] = []
+    real_generate_until = lm_eval.models.huggingface.HFLM.generate_until
+
+    def counting(self, requests, *args, **kwargs):
+        requested.append(len(requests))
+        return real_generate_until(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(lm_eval.models.huggingface.HFLM, "_model_generate", real_generate)
+    monkeypatch.setattr(lm_eval.models.huggingface.HFLM, "generate_until", counting)
+    code, _, err = run_cli(["run", "--resume", cancelled[0]["run_id"], "--results-dir", str(workspace["results"])])
+    assert code == 0, err
+    # The first batch of 2 responses was cached before the interruption.
+    assert requested == [4]
+    assert records(workspace["results"])[cancelled[0]["run_id"]]["status"] == "success"
+
+
 def test_repeated_baseline_generates_nothing(workspace, monkeypatch):
     import lm_eval.models.huggingface
 
