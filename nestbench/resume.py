@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nestbench.errors import ResumeError
+from nestbench.errors import RecordWriteError, ResumeError
 from nestbench.records import RECORD_NAME, read_record, run_dir, sha256_json, utc_now, write_jsonl
 
 if TYPE_CHECKING:
@@ -139,6 +139,20 @@ def _evaluate_again(context, record: dict[str, Any], model) -> dict[str, Any]:
     record.pop("error", None)
     record.pop("finished", None)
     return context._evaluate_into(record, model)
+
+
+def save_tuned_model(model, tokenizer, run_folder: Path) -> Path:
+    """Save the tuned model and tokenizer as safetensors in ``run_folder/model`` and return that folder."""
+    folder = run_folder / "model"
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+    except OSError as err:
+        raise RecordWriteError(
+            f"failed to save the tuned model to {folder}: {err.strerror or err}. Free space on that disk, then "
+            f"continue with nestbench run --resume {run_folder.name} (tuning runs again, because it was not saved)"
+        ) from err
+    return folder
 
 
 def load_tuned_model(folder: Path, loaded):

@@ -23,8 +23,8 @@ import torch
 from nestbench import __version__
 from nestbench.errors import ConfigError, NestbenchError
 from nestbench.profiles import Profile
-from nestbench.prompts import PromptSet, check_disjoint, load_prompt_file, load_prompt_set, sample_prompts
 from nestbench.gencache import generation_cache_prefix
+from nestbench.prompts import PromptSet, check_disjoint, load_prompt_file, load_prompt_set, sample_prompts
 from nestbench.records import (
     GENERATIONS_NAME,
     git_state,
@@ -37,7 +37,7 @@ from nestbench.records import (
     write_jsonl,
     write_record,
 )
-from nestbench.resume import keep_partial_results, recorded_seeds, request_to_dict
+from nestbench.resume import keep_partial_results, recorded_seeds, request_to_dict, save_tuned_model
 from nestbench.validate import RunPlan, plan_run
 
 logger = logging.getLogger(__name__)
@@ -292,9 +292,7 @@ class _RunContext:
             record["trainable_parameters"] = result.trainable_parameters
             record["method_report"] = result.report
             # The tuned model is saved before evaluation starts, so `--resume` never tunes twice.
-            model_dir = folder / "model"
-            result.model.save_pretrained(model_dir, safe_serialization=True)
-            self.loaded.tokenizer.save_pretrained(model_dir)
+            model_dir = save_tuned_model(result.model, self.loaded.tokenizer, folder)
             write_jsonl(folder / "loss_curve.jsonl", result.loss_curve)
             record["artifacts"] = {"model": str(model_dir), "loss_curve": str(folder / "loss_curve.jsonl"),
                                    **result.artifacts}

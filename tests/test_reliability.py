@@ -354,6 +354,22 @@ def test_disk_full_while_writing_generations(workspace, monkeypatch):
     assert leftovers == []
 
 
+def test_disk_full_while_saving_tuned_model(workspace, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(LlamaForCausalLM, "save_pretrained", full_disk)
+    err = bad_run(workspace, *FAST_NEST)
+    assert "failed to save the tuned model to" in err
+    assert "No space left on device" in err
+    nest = next(r for r in records(workspace["results"]).values() if r["method"] == "nest")
+    assert nest["status"] == "failed"
+    assert nest["error"]["type"] == "RecordWriteError"
+    assert nest["stages"] == {}
+
+
 # Interruption and resume.
 
 
