@@ -27,6 +27,7 @@ import socket
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -504,6 +505,9 @@ def _check_hub_available(
         return
     if offline:
         raise ModelLoadError(_hub_offline_message(repo_id, "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set"))
+    if urllib.request.getproxies():
+        # A direct connection says nothing about a route through a proxy, so huggingface_hub decides.
+        return
     endpoint = urllib.parse.urlsplit(hf_constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
