@@ -296,6 +296,9 @@ def test_nan_loss_recorded_with_step(workspace):
     folder = workspace["results"] / "runs" / nest["run_id"]
     curve = [json.loads(line) for line in (folder / "loss_curve.jsonl").read_text().splitlines()]
     assert [row["step"] for row in curve] == list(range(1, step))
+    audit = json.loads((folder / "nest_audit.json").read_text())
+    assert audit["training"] == "failed"
+    assert any(module.get("neurons") for module in audit["modules"])
 
 
 def test_results_dir_not_writable(workspace):
