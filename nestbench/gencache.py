@@ -8,18 +8,22 @@ a log-likelihood request the context and continuation. The judge is not part of 
 so scoring cached responses with another judge generates nothing.
 
 The request key does not cover the model, so each model gets its own files, named by a
-hash of its weights (not of the base model's file), dtype, device type and the torch and
-transformers versions. Results for the ``none`` row are shared by every run of the same
+hash of its weights (not of the base model's file), its tokenizer's vocabulary, dtype,
+device type and the torch and transformers versions. Results for the ``none`` row are shared by every run of the same
 base model, and a tuned model's results by every resume of its run.
 
 The files live in ``<results-dir>/runs/generation-cache/`` because they contain harmful
 text generated under attack, which nestbench keeps under ``results/runs/`` only. Delete the
 folder to clear the cache.
+
+NOTE: the batch size is not part of the key. A response generated in another batch (with
+other padding) can differ in rare tokens, so a resumed evaluation may mix both.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from importlib import metadata
 from pathlib import Path
@@ -44,7 +48,13 @@ def weights_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def generation_cache_prefix(results_dir: Path, model: torch.nn.Module) -> Path:
+def vocabulary_hash(tokenizer) -> str:
+    """Return the SHA-256 of the tokenizer's token-to-id map, which fixes how a prompt is encoded."""
+    vocabulary = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocabulary, ensure_ascii=False).encode()).hexdigest()
+
+
+def generation_cache_prefix(results_dir: Path, model: torch.nn.Module, tokenizer) -> Path:
     """Return the path prefix of ``model``'s cache files, creating their folder with owner-only access.
 
     lm-eval appends ``_rank0.db`` to the prefix; evaluation adds ``-safety`` or ``-utility``
@@ -54,6 +64,7 @@ def generation_cache_prefix(results_dir: Path, model: torch.nn.Module) -> Path:
     key_parts = [
         f"format={CACHE_FORMAT}",
         f"weights={weights_hash(model)}",
+        f"vocabulary={vocabulary_hash(tokenizer)}",
         f"dtype={parameter.dtype}",
         f"device={parameter.device.type}",
         f"torch={torch.__version__}",

@@ -506,7 +506,7 @@ def _check_hub_available(
     if offline:
         raise ModelLoadError(_hub_offline_message(repo_id, "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set"))
     if urllib.request.getproxies():
-        # A direct connection says nothing about a route through a proxy, so huggingface_hub decides.
+        # A failed direct connection does not mean the proxy route fails, so huggingface_hub decides.
         return
     endpoint = urllib.parse.urlsplit(hf_constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)

@@ -308,7 +308,7 @@ class _RunContext:
         write_record(folder, record)
         start = time.perf_counter()
         with _recorded_failure(folder, record):
-            cache = generation_cache_prefix(self.results_dir, model)
+            cache = generation_cache_prefix(self.results_dir, model, self.loaded.tokenizer)
             record["generation_cache"] = str(cache)
             result = evaluate_model(
                 model, self.loaded.tokenizer, self.data.harmful_eval.prompts, self.settings, folder, cache_path=cache

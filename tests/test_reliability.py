@@ -645,3 +645,17 @@ def test_validate_other_file_name_needs_method(tmp_path):
     assert "--method NAME" in err
     code, out, err = run_cli(["validate", str(recipe), "--method", "nest"])
     assert code == 0, err
+
+
+def test_cache_key_follows_weights(tmp_path):
+    from nestbench.gencache import generation_cache_prefix, weights_hash
+
+    tiny = build_tiny_llama()
+    before = weights_hash(tiny.model)
+    prefix = generation_cache_prefix(tmp_path, tiny.model, tiny.tokenizer)
+    assert weights_hash(build_tiny_llama().model) == before
+    with torch.no_grad():
+        tiny.model.model.layers[0].mlp.gate_proj.weight[0, 0] += 1e-3
+    assert weights_hash(tiny.model) != before
+    assert generation_cache_prefix(tmp_path, tiny.model, tiny.tokenizer) != prefix
+    assert generation_cache_prefix(tmp_path, tiny.model.to(torch.bfloat16), tiny.tokenizer) != prefix
