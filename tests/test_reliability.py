@@ -146,6 +146,8 @@ def bad_run(ws: dict, *extra: str, model: Path | str | None = None) -> str:
         (["--epochs", "0"], ["invalid epochs 0"]),
         (["--profile", "medium"], ["unknown profile 'medium'"]),
         (["--dtype", "float8"], ["unknown dtype 'float8'"]),
+        (["--judge", "keywrd"], ["unknown judge 'keywrd'", "Did you mean 'keyword'"]),
+        (["--over-refusal", "xstset"], ["unknown over-refusal prompt set 'xstset'", "Did you mean 'xstest'"]),
     ],
 )
 def test_bad_option_exits_2(workspace, extra, fragments):
@@ -154,11 +156,18 @@ def test_bad_option_exits_2(workspace, extra, fragments):
         assert fragment in err
 
 
-def test_unknown_attack_before_model_load(workspace):
-    # The model path does not exist, so an attack check that ran after loading would report the path.
-    err = bad_run(workspace, "--attacks", "vanilla,dann", model=workspace["model"].parent / "no-such-model")
-    assert "unknown attack 'dann'" in err
-    assert "Did you mean 'dan'?" in err
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--attacks", "vanilla,dann"], "unknown attack 'dann'. Did you mean 'dan'?"),
+        (["--judge", "keywrd"], "unknown judge 'keywrd'"),
+        (["--eval-set", "harmbnch"], "unknown prompt set 'harmbnch'"),
+    ],
+)
+def test_unknown_name_before_model_load(workspace, extra, fragment):
+    # The model path does not exist, so a name check that ran after loading would report the path.
+    err = bad_run(workspace, *extra, model=workspace["model"].parent / "no-such-model")
+    assert fragment in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -432,8 +441,8 @@ def test_cancel_during_evaluation_then_resume(workspace, monkeypatch):
     assert set(resumed["stages"]) == {"tune", "evaluate"}
     assert len(resumed["resumed"]) == 1
     assert resumed["metrics"]["unsafe_rate"]["n"] == 3
-    # 3 vanilla + 3 gcg prompts of the tuned model. The baseline record of the finished run is reused.
-    assert sum(calls) == 6
+    # 3 vanilla, 3 gcg and 3 over-refusal prompts of the tuned model. The finished baseline record is reused.
+    assert sum(calls) == 9
     after = load_file(folder / "model" / "model.safetensors")
     assert all(torch.equal(saved[key], after[key]) for key in saved)
     assert_earlier_results_intact(workspace)
@@ -468,7 +477,8 @@ def test_cancel_mid_generation_keeps_responses(workspace, monkeypatch):
 
     from nestbench.profiles import PROFILES
 
-    # Batches of 2 split the 6 harmful requests into 3 generate calls; the second is interrupted.
+    # Batches of 2 split the 9 generation requests (3 vanilla, 3 gcg, 3 over-refusal) into 5 generate
+    # calls, and the second is interrupted.
     quick = PROFILES.get("quick")
     monkeypatch.setitem(PROFILES._entries, "quick", dataclasses.replace(quick, eval_batch_size=2))
     real_generate = lm_eval.models.huggingface.HFLM._model_generate
@@ -500,7 +510,7 @@ def test_cancel_mid_generation_keeps_responses(workspace, monkeypatch):
     code, _, err = run_cli(["run", "--resume", cancelled[0]["run_id"], "--results-dir", str(workspace["results"])])
     assert code == 0, err
     # The first batch of 2 responses was cached before the interruption.
-    assert requested == [4]
+    assert requested == [7]
     assert records(workspace["results"])[cancelled[0]["run_id"]]["status"] == "success"
 
 
