@@ -359,7 +359,8 @@ def test_disk_full_while_writing_generations(workspace, monkeypatch):
     monkeypatch.undo()
     assert "generations.jsonl: No space left on device" in err
     assert "previous version, if any, is unchanged" in err
-    new = [r for r in records(workspace["results"]).values() if r["run_id"] not in str(workspace["before"])]
+    new = [r for r in records(workspace["results"]).values()
+           if f"runs/{r['run_id']}/record.json" not in workspace["before"]]
     assert len(new) == 1
     assert new[0]["status"] == "failed"
     assert new[0]["error"]["type"] == "RecordWriteError"
@@ -514,8 +515,13 @@ def test_cancel_mid_generation_keeps_responses(workspace, monkeypatch):
     assert records(workspace["results"])[cancelled[0]["run_id"]]["status"] == "success"
 
 
-def test_repeated_baseline_generates_nothing(workspace, monkeypatch):
+@pytest.mark.parametrize("other_judge", [False, True])
+def test_repeated_baseline_generates_nothing(workspace, monkeypatch, other_judge):
     import lm_eval.models.huggingface
+
+    # A random model as Llama Guard labels every response "unparsed", which is enough here,
+    # because only the evaluated model's requests are counted.
+    judge = ["--judge", "llama-guard-3", "--judge-model", str(workspace["model"])] if other_judge else []
 
     calls: list[tuple[str, int]] = []
     for name in ("generate_until", "loglikelihood"):
@@ -527,12 +533,16 @@ def test_repeated_baseline_generates_nothing(workspace, monkeypatch):
 
         monkeypatch.setattr(lm_eval.models.huggingface.HFLM, name, counting)
     code, _, err = run_cli(run_args(workspace["model"], workspace, workspace["results"], "--method", "none",
-                                    "--no-baseline-reuse"))
+                                    "--no-baseline-reuse", *judge))
     assert code == 0, err
     assert [count for _, count in calls if count] == []
-    runs = [r for r in records(workspace["results"]).values() if r["method"] == "none"]
-    assert len(runs) == 2
-    assert runs[0]["metrics"] == runs[1]["metrics"]
+    earlier = [r for r in records(workspace["results"]).values() if f"runs/{r['run_id']}/record.json" in workspace["before"]]
+    new = [r for r in records(workspace["results"]).values() if r not in earlier]
+    assert len(earlier) == 1
+    assert len(new) == 1
+    assert new[0]["judge"]["name"] == ("llama-guard-3" if other_judge else "keyword")
+    if not other_judge:
+        assert new[0]["metrics"] == earlier[0]["metrics"]
 
 
 def test_cache_folder_and_generations_are_private(workspace):
