@@ -397,7 +397,9 @@ def _check_local_folder(folder: Path) -> list[Path]:
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         pickled = sorted(path.name for path in folder.glob("*.bin"))
-        found = f"only pickled weights ({', '.join(pickled)}), which can run code when loaded" if pickled else "no weight files"
+        found = "no weight files"
+        if pickled:
+            found = f"only pickled weights ({', '.join(pickled)}), which can run code when loaded"
         raise ModelLoadError(
             f"model folder {folder} has {found}; nestbench loads *.safetensors only. Save the model again with "
             "save_pretrained(folder, safe_serialization=True) from a session you trust"

@@ -338,7 +338,8 @@ def _recorded_failure(folder: Path, record: dict[str, Any]) -> Iterator[None]:
         record.update(status="cancelled", finished=utc_now())
         write_record(folder, record)
         logger.warning(
-            "run %s cancelled; finished stages %s are kept. Continue it with: nestbench run --resume %s --results-dir %s",
+            "run %s cancelled; finished stages %s are kept. "
+            "Continue it with: nestbench run --resume %s --results-dir %s",
             record["run_id"], sorted(record.get("stages", {})) or "none", record["run_id"], folder.parent.parent,
         )
         raise

@@ -536,8 +536,9 @@ def test_repeated_baseline_generates_nothing(workspace, monkeypatch, other_judge
                                     "--no-baseline-reuse", *judge))
     assert code == 0, err
     assert [count for _, count in calls if count] == []
-    earlier = [r for r in records(workspace["results"]).values() if f"runs/{r['run_id']}/record.json" in workspace["before"]]
-    new = [r for r in records(workspace["results"]).values() if r not in earlier]
+    all_runs = records(workspace["results"]).values()
+    earlier = [r for r in all_runs if f"runs/{r['run_id']}/record.json" in workspace["before"]]
+    new = [r for r in all_runs if r not in earlier]
     assert len(earlier) == 1
     assert len(new) == 1
     assert new[0]["judge"]["name"] == ("llama-guard-3" if other_judge else "keyword")
