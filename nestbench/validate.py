@@ -1,8 +1,8 @@
 """Checks that need no model: a run's names and numbers, and recipe files.
 
-``plan_run`` resolves every name and number of a ``RunRequest`` (methods, recipes and
+``plan_run`` resolves every name and number of a ``RunRequest``: methods, recipes and
 ``--set`` keys, profile, prompt sets, attacks, utility tasks, judges, over-refusal set,
-``--limit``, device and dtype), so a typo stops the run before the model or any prompt set loads.
+``--limit``, device and dtype. A typo thus stops the run before the model or any prompt set loads.
 ``recipe_problems`` backs ``nestbench validate`` and lists every problem of a recipe at once.
 """
 
