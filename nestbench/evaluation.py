@@ -12,6 +12,7 @@ per-prompt rows and carries its own count and Wilson interval.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -111,7 +112,9 @@ class EvalSettings:
                 raise ConfigError(ATTACKS.unknown_message(name))
         for name in self.utility_tasks:
             if name not in UTILITY_TASKS:
-                raise ConfigError(f"unknown utility task {name!r}. Available: {', '.join(UTILITY_TASKS)}.")
+                close = difflib.get_close_matches(name, list(UTILITY_TASKS), n=1, cutoff=0.6)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown utility task {name!r}.{hint} Available: {', '.join(UTILITY_TASKS)}.")
         for kind, names in (("attack", self.attacks), ("utility task", self.utility_tasks)):
             if len(set(names)) != len(names):
                 raise ConfigError(f"{kind} names {list(names)} contain a duplicate; list each name once")

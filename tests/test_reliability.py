@@ -136,7 +136,7 @@ def bad_run(ws: dict, *extra: str, model: Path | str | None = None) -> str:
     [
         (["--method", "nets"], ["unknown method 'nets'", "Did you mean 'nest'", "Available: nest, none"]),
         (["--eval-set", "harmbnch"], ["unknown prompt set 'harmbnch'", "Did you mean 'harmbench'?"]),
-        (["--utility-tasks", "arc_esay"], ["unknown utility task 'arc_esay'", "arc_easy"]),
+        (["--utility-tasks", "arc_esay"], ["unknown utility task 'arc_esay'", "Did you mean 'arc_easy'?"]),
         (["--set", "z_treshold=2"], ["unknown key 'z_treshold'", "Did you mean 'z_threshold'?", "methods/nest.yaml"]),
         (["--set", "z_threshold=-1"], ["z_threshold must be >= 0, got -1"]),
         (["--set", "k_max=0"], ["k_max must be >= 1, got 0"]),
