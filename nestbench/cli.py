@@ -77,14 +77,23 @@ def cli(verbose: bool) -> None:
 @click.option("--over-refusal", "over_refusal", default="nestbench-benign", show_default=True,
               help="Benign-but-sensitive prompt set for over_refusal (nestbench-benign, xstest), or 'none' to skip.")
 @click.option("--table-judge", help="Show this judge's safety metrics in the printed table (default: the first judge).")
-def run(methods, model, device, dtype, trust_remote_code, profile, overrides, harmful_set, benign_set, eval_set,
+@click.option("--resume", "resume_id", metavar="RUN_ID",
+              help="Continue run RUN_ID in --results-dir from its last finished stage, with its recorded settings.")
+@click.pass_context
+def run(ctx, methods, model, device, dtype, trust_remote_code, profile, overrides, harmful_set, benign_set, eval_set,
         train_prompts, benign_prompts, eval_prompts, attacks, utility_tasks, epochs, max_new_tokens, limit, seed, results_dir,
-        no_baseline_reuse, judge, judges, judge_models, over_refusal, table_judge) -> None:
+        no_baseline_reuse, judge, judges, judge_models, over_refusal, table_judge, resume_id) -> None:
     """Tune the model with each method, evaluate it next to the untouched model, and print a table."""
     from nestbench.config import parse_overrides
     from nestbench.runner import RunRequest
     from nestbench.runner import run as run_job
-    from nestbench.table import comparison_table, table_caption
+
+    if resume_id is not None:
+        from nestbench.resume import resume
+
+        _check_resume_options(ctx)
+        _print_records(resume(results_dir, resume_id), results_dir)
+        return
 
     judge_names = _split(judges) or (judge,)
     if table_judge is not None and table_judge not in judge_names:
@@ -118,7 +127,26 @@ def run(methods, model, device, dtype, trust_remote_code, profile, overrides, ha
         judge_models=_judge_models(judge_models, judge_names),
         over_refusal_set=None if over_refusal == "none" else over_refusal,
     )
-    records = run_job(request)
+    _print_records(run_job(request), results_dir, table_judge)
+
+
+def _check_resume_options(ctx: click.Context) -> None:
+    """Reject run options next to --resume, because a resumed run keeps the settings in its record."""
+    explicit_options = [
+        param.opts[0] for param in ctx.command.params
+        if param.name not in ("resume_id", "results_dir")
+        and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE
+    ]
+    if explicit_options:
+        raise click.UsageError(
+            f"--resume takes every setting from the run's record, so drop {', '.join(explicit_options)}; "
+            "start a new run to change settings"
+        )
+
+
+def _print_records(records, results_dir: Path, table_judge: str | None = None) -> None:
+    from nestbench.table import comparison_table, table_caption
+
     click.echo("")
     click.echo(comparison_table(records, judge=table_judge))
     click.echo("")
@@ -154,6 +182,17 @@ def judge_accuracy(judge: str, judge_model: str | None) -> None:
     from nestbench.labelled import format_report, score_judge
 
     click.echo(format_report(score_judge(judge, judge_model)))
+
+
+@cli.command()
+@click.argument("recipe")
+@click.option("--method", help="Method the recipe configures (default: the file name without .yaml).")
+def validate(recipe: str, method: str | None) -> None:
+    """Check a recipe file (or a method's built-in recipe) without loading a model; list every problem."""
+    from nestbench.validate import check_recipe
+
+    path = check_recipe(recipe, method)
+    click.echo(f"recipe {path} is valid")
 
 
 @cli.command(name="list")

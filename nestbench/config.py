@@ -7,6 +7,7 @@ Every value is checked against the field's type, and an unknown key is an error.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -59,10 +60,7 @@ def build_config(cls: type[C], values: dict[str, Any], origin: str) -> C:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} in {origin} for {cls.__name__}. "
-            f"Valid keys: {', '.join(sorted(fields))}."
-        )
+        raise ConfigError(" ".join(unknown_key_message(key, fields, origin) for key in unknown))
     hints = typing.get_type_hints(cls)
     checked = {key: coerce_value(key, value, hints[key], origin) for key, value in values.items()}
     try:
@@ -71,6 +69,14 @@ def build_config(cls: type[C], values: dict[str, Any], origin: str) -> C:
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"invalid {cls.__name__} from {origin}: {err}") from err
+
+
+def unknown_key_message(key: str, valid: typing.Iterable[str], origin: str) -> str:
+    """Return the error for an unknown recipe key, with close matches and the valid keys."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    return f"unknown key {key!r} in {origin}.{hint} Valid keys: {', '.join(valid)}."
 
 
 def coerce_value(key: str, value: Any, annotation: Any, origin: str) -> Any:

@@ -43,11 +43,20 @@ class UnsupportedModelError(NestbenchError):
 
 
 class TrainingDivergedError(NestbenchError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite; ``loss_curve`` contains the steps before it."""
 
-    def __init__(self, message: str, step: int):
+    def __init__(self, message: str, step: int, loss_curve: list[dict[str, float]] | None = None):
         super().__init__(message)
         self.step = step
+        self.loss_curve = list(loss_curve or [])
+
+
+class RecordWriteError(NestbenchError):
+    """A run record, generations file or other result file could not be written (disk full, no permission)."""
+
+
+class ResumeError(NestbenchError):
+    """A run cannot be resumed: unknown run id, or its model or data changed since it started."""
 
 
 class NestbenchWarning(UserWarning):

@@ -12,6 +12,7 @@ per-prompt rows and carries its own count and Wilson interval.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from nestbench.attacks import ATTACKS
 from nestbench.errors import ConfigError, PromptSetError
 from nestbench.judges import JUDGES
 from nestbench.over_refusal import OVER_REFUSAL_SETS, over_refusal_label
+from nestbench.records import atomic_write_text
 from nestbench.resources import tasks_dir
 
 logger = logging.getLogger(__name__)
@@ -110,7 +112,9 @@ class EvalSettings:
                 raise ConfigError(ATTACKS.unknown_message(name))
         for name in self.utility_tasks:
             if name not in UTILITY_TASKS:
-                raise ConfigError(f"unknown utility task {name!r}. Available: {', '.join(UTILITY_TASKS)}.")
+                close = difflib.get_close_matches(name, list(UTILITY_TASKS), n=1, cutoff=0.6)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown utility task {name!r}.{hint} Available: {', '.join(UTILITY_TASKS)}.")
         for kind, names in (("attack", self.attacks), ("utility task", self.utility_tasks)):
             if len(set(names)) != len(names):
                 raise ConfigError(f"{kind} names {list(names)} contain a duplicate; list each name once")
@@ -244,7 +248,7 @@ def write_requests(eval_requests: Sequence[str], work_dir: Path) -> Path:
     work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / REQUESTS_FILE
     lines = [json.dumps({"request": request}, ensure_ascii=False) for request in eval_requests]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n", private=True)
     return path
 
 
@@ -276,6 +280,7 @@ def evaluate_model(
     eval_requests: Sequence[str],
     settings: EvalSettings,
     work_dir: Path,
+    cache_path: Path | None = None,
 ) -> EvaluationResult:
     """Evaluate ``model`` on every attack, the over-refusal set and every utility task in ``settings``.
 
@@ -285,6 +290,8 @@ def evaluate_model(
     return, also after an error. lm-eval may add a pad token to ``tokenizer``. Global
     random seeds are left untouched because greedy decoding and log-likelihood scoring
     draw no random numbers.
+    ``cache_path`` is a file prefix for lm-eval's response cache (see ``nestbench.gencache``),
+    which must be specific to ``model``'s weights, or None for no cache.
     """
     from lm_eval.models.huggingface import HFLM
 
@@ -296,14 +303,16 @@ def evaluate_model(
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
         result = EvaluationResult(metrics={}, settings=_recorded_settings(settings))
         if settings.attacks or settings.over_refusal_set is not None:
-            results = _run_safety(lm, task_manager, settings, result.timings)
+            results = _run_safety(lm, task_manager, settings, result.timings, **_cache_option(cache_path, "safety"))
             result.generations = collect_generations(results, settings)
             _write_responses(result.generations, work_dir)
             benign = [row for row in result.generations if row["task"] == OVER_REFUSAL_TASK]
             result.metrics.update(over_refusal_metrics(benign))
             result.task_versions.update(_task_versions(results))
         if settings.utility_tasks:
-            results = _run_utility(lm, task_manager, settings, result.timings)
+            results = _run_utility(
+                lm, task_manager, settings, result.timings, **_cache_option(cache_path, "utility")
+            )
             result.metrics.update(utility_metrics(results, settings.utility_tasks))
             result.task_versions.update(_task_versions(results))
     finally:
@@ -333,6 +342,10 @@ def _judge_into(result: EvaluationResult, settings: EvalSettings) -> None:
     result.settings["judge_info"] = judged.judges[0]
 
 
+def _cache_option(cache_path: Path | None, part: str) -> dict[str, Any]:
+    return {} if cache_path is None else {"use_cache": f"{cache_path}-{part}"}
+
+
 def _recorded_settings(settings: EvalSettings) -> dict[str, Any]:
     from importlib.metadata import version
 
@@ -347,7 +360,7 @@ def _recorded_settings(settings: EvalSettings) -> dict[str, Any]:
 def _write_responses(rows: list[dict[str, Any]], work_dir: Path) -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(row, ensure_ascii=False) for row in rows]
-    (work_dir / RESPONSES_FILE).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    atomic_write_text(work_dir / RESPONSES_FILE, "".join(line + "\n" for line in lines), private=True)
 
 
 def _simple_evaluate(lm: Any, task_manager: Any, tasks: list[str], **kwargs: Any) -> dict[str, Any]:
@@ -388,7 +401,9 @@ def _generation_tasks(settings: EvalSettings) -> list[str]:
     return tasks
 
 
-def _run_safety(lm: Any, task_manager: Any, settings: EvalSettings, timings: dict[str, float]) -> dict[str, Any]:
+def _run_safety(
+    lm: Any, task_manager: Any, settings: EvalSettings, timings: dict[str, float], **kwargs: Any
+) -> dict[str, Any]:
     tasks = _generation_tasks(settings)
     gen_kwargs = {"max_gen_toks": settings.max_gen_toks, "until": [], "do_sample": False}
     return _evaluate_each(
@@ -399,10 +414,13 @@ def _run_safety(lm: Any, task_manager: Any, settings: EvalSettings, timings: dic
         apply_chat_template=True,
         system_instruction=settings.system_prompt,
         gen_kwargs=gen_kwargs,
+        **kwargs,
     )
 
 
-def _run_utility(lm: Any, task_manager: Any, settings: EvalSettings, timings: dict[str, float]) -> dict[str, Any]:
+def _run_utility(
+    lm: Any, task_manager: Any, settings: EvalSettings, timings: dict[str, float], **kwargs: Any
+) -> dict[str, Any]:
     tasks = [UTILITY_TASKS[name] for name in settings.utility_tasks]
     # lm-eval flags results computed with `limit` as unfit for reporting, so it is passed
     # only when the caller asks for a subset.
@@ -413,6 +431,7 @@ def _run_utility(lm: Any, task_manager: Any, settings: EvalSettings, timings: di
         timings,
         apply_chat_template=settings.utility_chat_template,
         limit=settings.utility_limit,
+        **kwargs,
     )
 
 

@@ -23,13 +23,17 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 from safetensors import SafetensorError, safe_open
@@ -61,6 +65,8 @@ CACHE_FORMAT = 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _TRUE_VALUES = {"1", "true", "yes", "on"}
 _HASH_CHUNK_BYTES = 1 << 20
+# Seconds to wait for a TCP connection to the hub before a hub id counts as unreachable.
+HUB_CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -388,11 +394,15 @@ def _check_local_folder(folder: Path) -> list[Path]:
             f"model folder {folder} has no config.json. Pass a folder written by save_pretrained, "
             "a .gguf file or a hub id"
         )
-    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    weights = sorted(folder.glob("*.safetensors"))
     if not weights:
+        pickled = sorted(path.name for path in folder.glob("*.bin"))
+        found = "no weight files"
+        if pickled:
+            found = f"only pickled weights ({', '.join(pickled)}), which can run code when loaded"
         raise ModelLoadError(
-            f"model folder {folder} has no weight files (*.safetensors or pytorch_model*.bin). "
-            "Save the model again with save_pretrained"
+            f"model folder {folder} has {found}; nestbench loads *.safetensors only. Save the model again with "
+            "save_pretrained(folder, safe_serialization=True) from a session you trust"
         )
     for path in weights:
         if path.suffix == ".safetensors":
@@ -417,7 +427,9 @@ def _load_folder(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         fix = (
             f"Delete the cache folder {folder} so the GGUF file is converted again"
@@ -454,6 +466,7 @@ def _load_hub(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """Load a hub model and return it with its hash ``hub:<id>@<commit or 'unknown'>``."""
     offline = _hub_offline()
+    _check_hub_available(repo_id, revision, cache_dir, offline)
     options = {
         "revision": revision,
         "cache_dir": cache_dir,
@@ -463,6 +476,8 @@ def _load_hub(
         # NOTE: huggingface_hub 2.4 still fetches an agent registry from the hub for its User-Agent
         # header when HF_HUB_OFFLINE was unset at import, even with local_files_only.
         "local_files_only": offline,
+        # Pickled *.bin weights can run code on load, so hub models must ship safetensors.
+        "use_safetensors": True,
     }
     try:
         tokenizer = AutoTokenizer.from_pretrained(repo_id, **options)
@@ -473,23 +488,48 @@ def _load_hub(
             "Check the id and revision, or pass a local model folder"
         ) from exc
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(_hub_offline_message(repo_id, exc, offline)) from exc
+        reason = "HF_HUB_OFFLINE is set" if offline else f"the download failed ({exc})"
+        raise ModelLoadError(_hub_offline_message(repo_id, reason)) from exc
 
     commit = _hub_commit(repo_id, revision, cache_dir) or "unknown"
     return model, tokenizer, f"hub:{repo_id}@{commit}"
 
 
+def _check_hub_available(
+    repo_id: str, revision: str | None, cache_dir: str | os.PathLike[str] | None, offline: bool
+) -> None:
+    """Fail at once when a hub model is neither cached nor downloadable.
+
+    Without this check, huggingface_hub retries an unreachable hub for about 45 s before
+    it gives up (measured with huggingface_hub 2.4 against a closed port on 127.0.0.1).
+    """
+    if isinstance(try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision), str):
+        return
+    if offline:
+        raise ModelLoadError(_hub_offline_message(repo_id, "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set"))
+    if urllib.request.getproxies():
+        # A failed direct connection does not mean the proxy route fails, so huggingface_hub decides.
+        return
+    endpoint = urllib.parse.urlsplit(hf_constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = f"the hub at {hf_constants.ENDPOINT} cannot be reached ({exc})"
+        raise ModelLoadError(_hub_offline_message(repo_id, reason)) from exc
+
+
 def _hub_offline() -> bool:
     flags = (os.environ.get(name, "") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(flag.strip().lower() in _TRUE_VALUES for flag in flags)
+    return bool(hf_constants.HF_HUB_OFFLINE) or any(flag.strip().lower() in _TRUE_VALUES for flag in flags)
 
 
-def _hub_offline_message(repo_id: str, exc: Exception, offline: bool) -> str:
-    reason = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+def _hub_offline_message(repo_id: str, reason: str) -> str:
     return (
-        f"failed to load hub model {repo_id!r} offline: it is not in the local Hugging Face cache and "
-        f"{reason} ({exc}). Download it on a connected machine (hf download {repo_id}) and copy it "
-        f"here, pass a local model folder, or use --model {DEFAULT_MODEL}"
+        f"failed to load hub model {repo_id!r}: it is not in the local Hugging Face cache and {reason}. "
+        f"Pass a local model folder (written by save_pretrained) or a .gguf file with --model, "
+        f"download it on a connected machine (hf download {repo_id}) and copy the cache here, "
+        f"or use --model {DEFAULT_MODEL}"
     )
 
 

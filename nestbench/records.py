@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nestbench.errors import NestbenchError
+from nestbench.errors import NestbenchError, RecordWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +47,34 @@ def run_dir(results_dir: Path, run_id: str) -> Path:
     return results_dir / "runs" / run_id
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def atomic_write_text(path: Path, text: str, *, private: bool = False) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it, so readers never see half a file.
+
+    ``private`` makes the file readable by its owner only (mode 0600), for files that hold
+    harmful prompts or generated text. On a failed write (disk full, no permission) the
+    previous version of ``path`` is left unchanged and ``RecordWriteError`` names the file.
+    """
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600 if private else 0o644)
         os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise RecordWriteError(
+            f"failed to write {path}: {err.strerror or err}. Its previous version, if any, is unchanged. "
+            "Free space on that disk or pass --results-dir on a writable disk with room, then resume the run "
+            "with nestbench run --resume RUN_ID"
+        ) from err
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -68,8 +84,8 @@ def write_record(directory: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]], *, private: bool = False) -> None:
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), private=private)
 
 
 def read_record(path: Path) -> dict[str, Any]:

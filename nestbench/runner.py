@@ -22,7 +22,8 @@ import torch
 
 from nestbench import __version__
 from nestbench.errors import ConfigError, NestbenchError
-from nestbench.profiles import Profile, resolve_profile
+from nestbench.profiles import Profile
+from nestbench.gencache import generation_cache_prefix
 from nestbench.prompts import PromptSet, check_disjoint, load_prompt_file, load_prompt_set, sample_prompts
 from nestbench.records import (
     GENERATIONS_NAME,
@@ -36,6 +37,8 @@ from nestbench.records import (
     write_jsonl,
     write_record,
 )
+from nestbench.resume import keep_partial_results, recorded_seeds, request_to_dict, save_tuned_model
+from nestbench.validate import RunPlan, plan_run
 
 logger = logging.getLogger(__name__)
 
@@ -126,45 +129,10 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def run(request: RunRequest) -> list[dict[str, Any]]:
     """Run the main job and return the records: the ``none`` baseline first, then each method."""
-    from nestbench.evaluation import EvalSettings
-    from nestbench.methods import METHODS, build_method
-    from nestbench.models import load_model
-
-    for name in request.methods:
-        METHODS.get(name)
-    profile = resolve_profile(request.profile, epochs=request.epochs, max_new_tokens=request.max_new_tokens)
-    methods = {name: build_method(name, _overrides_for(name, request.overrides)) for name in request.methods}
-    results_dir = _prepare_results_dir(request.results_dir)
-    data = load_run_data(request, profile)
-
-    start = time.perf_counter()
-    loaded = load_model(request.model, device=request.device, dtype=request.dtype,
-                        trust_remote_code=request.trust_remote_code)
-    load_seconds = time.perf_counter() - start
-
-    settings_kwargs: dict[str, Any] = dict(
-        max_gen_toks=profile.max_new_tokens,
-        batch_size=profile.eval_batch_size,
-        harmful_limit=None,
-        attack_limit=profile.attack_prompts,
-        utility_limit=request.limit if request.limit is not None else profile.utility_limit,
-    )
-    if request.attacks is not None:
-        settings_kwargs["attacks"] = request.attacks
-    if request.utility_tasks is not None:
-        settings_kwargs["utility_tasks"] = request.utility_tasks
-    if not request.judges:
-        raise ConfigError("no judge given; name at least one, for example judges=('keyword',)")
-    settings_kwargs.update(
-        judge=request.judges[0],
-        extra_judges=request.judges[1:],
-        judge_models=request.judge_models,
-        judge_device=request.device,
-        over_refusal_set=request.over_refusal_set,
-        over_refusal_limit=request.limit,
-    )
-    settings = EvalSettings(**settings_kwargs)
-    context = _RunContext(request, profile, data, loaded, settings, results_dir, load_seconds)
+    plan = plan_run(request)
+    methods = plan.methods
+    context = open_context(request, plan)
+    loaded = context.loaded
 
     records = [context.baseline()]
     base_state = None
@@ -180,17 +148,17 @@ def run(request: RunRequest) -> list[dict[str, Any]]:
     return records
 
 
-def _overrides_for(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Select the ``--set`` keys for one method: ``method.key`` is scoped, a bare ``key`` applies to all."""
-    selected = {}
-    for key, value in overrides.items():
-        scope, dot, bare = key.partition(".")
-        if dot:
-            if scope == method:
-                selected[bare] = value
-        elif method != "none":
-            selected[key] = value
-    return selected
+def open_context(request: RunRequest, plan: RunPlan) -> _RunContext:
+    """Check the results folder, then load the prompt sets and the model of a planned run."""
+    from nestbench.models import load_model
+
+    results_dir = _prepare_results_dir(request.results_dir)
+    data = load_run_data(request, plan.profile)
+    start = time.perf_counter()
+    loaded = load_model(request.model, device=request.device, dtype=request.dtype,
+                        trust_remote_code=request.trust_remote_code)
+    load_seconds = time.perf_counter() - start
+    return _RunContext(request, plan.profile, data, loaded, plan.settings, results_dir, load_seconds)
 
 
 def _prepare_results_dir(path: Path) -> Path:
@@ -245,7 +213,9 @@ class _RunContext:
             "quick": self.profile.name == "quick",
             "limited": limited,
             "seed": self.request.seed,
-            "seeds": {"run": self.request.seed, "torch": self.request.seed, "sft_shuffle": self.request.seed},
+            "seeds": recorded_seeds(self.request.seed),
+            "request": request_to_dict(self.request),
+            "stages": {},
             "model": {
                 "spec": self.loaded.spec,
                 "source": self.loaded.source,
@@ -253,6 +223,7 @@ class _RunContext:
                 "chat_template_sha256": self.loaded.chat_template_hash,
                 "device": str(self.loaded.device),
                 "dtype": str(self.loaded.dtype),
+                "trust_remote_code": self.request.trust_remote_code,
                 "total_parameters": sum(p.numel() for p in self.loaded.model.parameters()),
             },
             "data": self.data.describe(),
@@ -280,11 +251,12 @@ class _RunContext:
         self.baseline_id = run_id
         return record
 
-    def tune_and_evaluate(self, name: str, method) -> dict[str, Any]:
+    def tune_and_evaluate(self, name: str, method, run_id: str | None = None) -> dict[str, Any]:
+        """Tune with ``method``, save the tuned model, then evaluate it; ``run_id`` reuses a run folder."""
         from nestbench.methods import TuneContext
         from nestbench.sft import TrainingData
 
-        run_id = new_run_id(name, self.request.model)
+        run_id = run_id or new_run_id(name, self.request.model)
         folder = self.results_dir / "runs" / run_id
         folder.mkdir(parents=True, exist_ok=True)
         record = self._base_record(name, method.config.to_dict(), run_id)
@@ -317,13 +289,15 @@ class _RunContext:
             )
             record["timings"]["tune"] = time.perf_counter() - start
 
-        record["trainable_parameters"] = result.trainable_parameters
-        record["method_report"] = result.report
-        model_dir = folder / "model"
-        result.model.save_pretrained(model_dir, safe_serialization=True)
-        self.loaded.tokenizer.save_pretrained(model_dir)
-        write_jsonl(folder / "loss_curve.jsonl", result.loss_curve)
-        record["artifacts"] = {"model": str(model_dir), "loss_curve": str(folder / "loss_curve.jsonl"), **result.artifacts}
+            record["trainable_parameters"] = result.trainable_parameters
+            record["method_report"] = result.report
+            # The tuned model is saved before evaluation starts, so `--resume` never tunes twice.
+            model_dir = save_tuned_model(result.model, self.loaded.tokenizer, folder)
+            write_jsonl(folder / "loss_curve.jsonl", result.loss_curve)
+            record["artifacts"] = {"model": str(model_dir), "loss_curve": str(folder / "loss_curve.jsonl"),
+                                   **result.artifacts}
+            record["stages"]["tune"] = utc_now()
+            write_record(folder, record)
         return self._evaluate_into(record, result.model)
 
     def _evaluate_into(self, record: dict[str, Any], model) -> dict[str, Any]:
@@ -334,9 +308,12 @@ class _RunContext:
         write_record(folder, record)
         start = time.perf_counter()
         with _recorded_failure(folder, record):
+            cache = generation_cache_prefix(self.results_dir, model, self.loaded.tokenizer)
+            record["generation_cache"] = str(cache)
             result = evaluate_model(
-                model, self.loaded.tokenizer, self.data.harmful_eval.prompts, self.settings, folder
+                model, self.loaded.tokenizer, self.data.harmful_eval.prompts, self.settings, folder, cache_path=cache
             )
+            write_jsonl(folder / GENERATIONS_NAME, result.generations, private=True)
         record["timings"]["evaluate"] = time.perf_counter() - start
         record["timings"]["evaluate_tasks"] = result.timings
         record["metrics"] = result.metrics
@@ -346,7 +323,7 @@ class _RunContext:
         record["metrics_by_judge"] = result.metrics_by_judge
         record["judge_agreement"] = result.agreement
         record["peak_memory_mb"] = peak_memory_mb(self.loaded.device)
-        write_jsonl(folder / GENERATIONS_NAME, result.generations)
+        record["stages"]["evaluate"] = utc_now()
         record.update(status="success", finished=utc_now())
         write_record(folder, record)
         logger.info("wrote %s", folder / "record.json")
@@ -361,12 +338,21 @@ def _recorded_failure(folder: Path, record: dict[str, Any]) -> Iterator[None]:
     except KeyboardInterrupt:
         record.update(status="cancelled", finished=utc_now())
         write_record(folder, record)
+        logger.warning(
+            "run %s cancelled; finished stages %s are kept. "
+            "Continue it with: nestbench run --resume %s --results-dir %s",
+            record["run_id"], sorted(record.get("stages", {})) or "none", record["run_id"], folder.parent.parent,
+        )
         raise
     except Exception as err:
         record.update(status="failed", finished=utc_now(), error=_error_info(err))
+        keep_partial_results(folder, err)
         write_record(folder, record)
         raise
 
 
 def _error_info(err: BaseException) -> dict[str, Any]:
-    return {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
+    info = {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
+    if isinstance(getattr(err, "step", None), int):
+        info["step"] = err.step
+    return info

@@ -231,6 +231,7 @@ def train_sft(
                     f"training loss became {loss.item()} at step {stats.steps + 1}; lower the learning rate "
                     f"(currently {settings.lr}) or enable gradient clipping",
                     step=stats.steps + 1,
+                    loss_curve=stats.loss_curve,
                 )
             loss.backward()
             if settings.grad_clip:

@@ -101,7 +101,7 @@ def test_folded_model_loads_with_transformers(tiny_llama_dir, prompt_files, tmp_
     ("extra", "fragment"),
     [
         (["--method", "nets"], "Did you mean 'nest'"),
-        (["--set", "z_treshold=2"], "unknown key(s) 'z_treshold'"),
+        (["--set", "z_treshold=2"], "unknown key 'z_treshold'"),
         (["--set", "k_max=0"], "k_max must be >= 1"),
         (["--set", "lr=fast"], "invalid value 'fast' for 'lr'"),
         (["--profile", "medium"], "unknown profile 'medium'"),

@@ -351,8 +351,9 @@ def test_hub_id_offline(tmp_path: Path) -> None:
         load_model("acme/not-downloaded", device="cpu", cache_dir=tmp_path / "hf")
     message = str(caught.value)
     assert "'acme/not-downloaded'" in message
-    assert "offline" in message
+    assert "HF_HUB_OFFLINE" in message
     assert "local model folder" in message
+    assert ".gguf file" in message
     assert DEFAULT_MODEL in message
 
 

@@ -95,11 +95,12 @@ def load_method_config(name: str, overrides: dict[str, Any] | None = None) -> Me
     if not path.is_file():
         raise ConfigError(f"recipe for method {name!r} not found at {path}; every method needs one")
     values = read_recipe(path)
-    origin = str(path)
-    if overrides:
-        values = {**values, **overrides}
-        origin = f"{path} with --set {', '.join(f'{k}={v}' for k, v in overrides.items())}"
-    return build_config(method_cls.config_class, values, origin)
+    # The recipe alone is checked first, so a problem in the file is never blamed on --set.
+    config = build_config(method_cls.config_class, values, f"recipe {path}")
+    if not overrides:
+        return config
+    settings = ", ".join(f"--set {key}={value}" for key, value in overrides.items())
+    return build_config(method_cls.config_class, {**values, **overrides}, f"{settings} (method {name!r}, recipe {path})")
 
 
 def build_method(name: str, overrides: dict[str, Any] | None = None) -> Method:

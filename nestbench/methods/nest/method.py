@@ -95,11 +95,15 @@ class NestMethod(Method):
             seed=context.seed,
             select_best=cfg.select_best,
         )
+        audit_path = context.work_dir / "nest_audit.json"
         try:
             stats = train_sft(model, tokenizer, data.examples(), [u.update for u in updates.values()], settings)
         except BaseException:
             for update in updates.values():
                 update.detach()
+            # The selection and clustering stay useful after a failed training, so they are kept.
+            audit_path.write_text(json.dumps({"config": cfg.to_dict(), "training": "failed", "modules": audit_modules},
+                                             indent=2))
             raise
         timings["training"] = stats.seconds
 
@@ -114,7 +118,6 @@ class NestMethod(Method):
         timings["fold"] = time.perf_counter() - start
 
         report = self._audit(audit_modules, trainable, stats, timings)
-        audit_path = context.work_dir / "nest_audit.json"
         audit_path.write_text(json.dumps(report, indent=2))
         return TuneResult(
             model=model,
