@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from nestbench import __version__
-from nestbench.errors import NestbenchError
+from nestbench.errors import MethodsFailedError, NestbenchError
 
 logger = logging.getLogger("nestbench")
 
@@ -44,7 +44,7 @@ def cli(verbose: bool) -> None:
 
 @cli.command()
 @click.option("--method", "methods", default="nest", show_default=True,
-              help="Method or comma-separated methods to tune (see `nestbench list methods`).")
+              help="Method or comma-separated methods to tune (see `nestbench list methods`); all: every method.")
 @click.option("--model", default="smollm2-135m-instruct", show_default=True,
               help="Hub id, local model folder, local .gguf file, or the alias smollm2-135m-instruct.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cuda, mps or cpu.")
@@ -152,6 +152,12 @@ def _print_records(records, results_dir: Path, table_judge: str | None = None) -
     click.echo("")
     click.echo(table_caption(records, judge=table_judge))
     click.echo(f"records: {', '.join(str(results_dir / 'runs' / r['run_id']) for r in records)}")
+    failed = [r for r in records if r["status"] == "failed"]
+    if failed:
+        raise MethodsFailedError(
+            "; ".join(f"method {r['method']} failed: {r['error']['message']}" for r in failed)
+            + ". Each record keeps the traceback"
+        )
 
 
 def _judge_models(values: tuple[str, ...], judges: tuple[str, ...]) -> dict[str, str]:

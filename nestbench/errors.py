@@ -59,5 +59,9 @@ class ResumeError(NestbenchError):
     """A run cannot be resumed: unknown run id, or its model or data changed since it started."""
 
 
+class MethodsFailedError(NestbenchError):
+    """One or more methods of a run failed; their records hold the tracebacks."""
+
+
 class NestbenchWarning(UserWarning):
     """Warning category for conditions a user may choose to filter."""

@@ -8,6 +8,7 @@ data and evaluation settings.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import resource
 import sys
@@ -120,31 +121,68 @@ def load_run_data(request: RunRequest, profile: Profile) -> RunData:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Return peak memory in MiB: CUDA allocator peak on a GPU, process peak RSS otherwise."""
+    """Return peak memory in MiB since the last ``reset_peak_memory``.
+
+    On a GPU this is the CUDA allocator peak. Otherwise it is the process's peak RSS
+    (Linux VmHWM); where that cannot be reset, it covers the whole process lifetime.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window, so each method reports its own peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux 4.0 and later).
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def disk_size(path: Path) -> int:
+    """Return the bytes of a file, or of every file under a folder (0 when missing)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def run(request: RunRequest) -> list[dict[str, Any]]:
     """Run the main job and return the records: the ``none`` baseline first, then each method."""
+    request = dataclasses.replace(request, methods=expand_methods(request.methods))
     plan = plan_run(request)
     methods = plan.methods
     context = open_context(request, plan)
     loaded = context.loaded
 
     records = [context.baseline()]
+    tuned = [(name, method) for name, method in methods.items() if name != "none"]
     base_state = None
-    for index, (name, method) in enumerate(methods.items()):
-        if name == "none":
-            continue
+    for index, (name, method) in enumerate(tuned):
         if base_state is not None:
             loaded.model.load_state_dict(base_state)
-        elif index < len(methods) - 1:
+        elif index < len(tuned) - 1:
             # Later methods must start from the untouched model too.
             base_state = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
-        records.append(context.tune_and_evaluate(name, method))
+        record = context.start_record(name, method)
+        try:
+            context.tune_into(record, method)
+        except Exception as err:
+            # One method's failure is recorded and the comparison goes on with the others.
+            if record["status"] == "running":
+                record.update(status="failed", finished=utc_now(), error=_error_info(err))
+                write_record(context.results_dir / "runs" / record["run_id"], record)
+            logger.error("method %s failed (%s: %s); record %s keeps the traceback",
+                         name, type(err).__name__, err, record["run_id"])
+        records.append(record)
     return records
 
 
@@ -159,6 +197,21 @@ def open_context(request: RunRequest, plan: RunPlan) -> _RunContext:
                         trust_remote_code=request.trust_remote_code)
     load_seconds = time.perf_counter() - start
     return _RunContext(request, plan.profile, data, loaded, plan.settings, results_dir, load_seconds)
+
+
+def expand_methods(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Check the method names and expand ``all`` to every registered method but ``none``."""
+    from nestbench.methods import METHODS
+
+    expanded: list[str] = []
+    for name in names:
+        candidates = [m for m in METHODS if m != "none"] if name == "all" else [name]
+        for candidate in candidates:
+            METHODS.get(candidate)
+            if candidate not in expanded:
+                expanded.append(candidate)
+    return tuple(expanded)
+
 
 
 def _prepare_results_dir(path: Path) -> Path:
@@ -253,15 +306,24 @@ class _RunContext:
 
     def tune_and_evaluate(self, name: str, method, run_id: str | None = None) -> dict[str, Any]:
         """Tune with ``method``, save the tuned model, then evaluate it; ``run_id`` reuses a run folder."""
-        from nestbench.methods import TuneContext
-        from nestbench.sft import TrainingData
+        return self.tune_into(self.start_record(name, method, run_id), method)
 
+    def start_record(self, name: str, method, run_id: str | None = None) -> dict[str, Any]:
+        """Create the run folder and write the method's record with status ``running``."""
         run_id = run_id or new_run_id(name, self.request.model)
         folder = self.results_dir / "runs" / run_id
         folder.mkdir(parents=True, exist_ok=True)
         record = self._base_record(name, method.config.to_dict(), run_id)
         record["baseline_run_id"] = self.baseline_id
         write_record(folder, record)
+        return record
+
+    def tune_into(self, record: dict[str, Any], method) -> dict[str, Any]:
+        """Tune with ``method``, save the tuned model and evaluate it, filling ``record`` in place."""
+        from nestbench.methods import TuneContext
+        from nestbench.sft import TrainingData
+
+        folder = self.results_dir / "runs" / record["run_id"]
         torch.manual_seed(self.request.seed)
         with _recorded_failure(folder, record):
             if method.needs_sft_data:
@@ -276,6 +338,7 @@ class _RunContext:
                 self.training_data.prepare(self.loaded.model, self.loaded.tokenizer, self.profile.eval_batch_size)
                 record["timings"]["sft_data"] = time.perf_counter() - start
             start = time.perf_counter()
+            reset_peak_memory(self.loaded.device)
             result = method.tune(
                 TuneContext(
                     model=self.loaded.model,
@@ -288,16 +351,20 @@ class _RunContext:
                 )
             )
             record["timings"]["tune"] = time.perf_counter() - start
+            record["tune_peak_memory_mb"] = peak_memory_mb(self.loaded.device)
 
             record["trainable_parameters"] = result.trainable_parameters
+            record["trainable_fraction"] = result.trainable_parameters / record["model"]["total_parameters"]
             record["method_report"] = result.report
             # The tuned model is saved before evaluation starts, so `--resume` never tunes twice.
             model_dir = save_tuned_model(result.model, self.loaded.tokenizer, folder)
             write_jsonl(folder / "loss_curve.jsonl", result.loss_curve)
             record["artifacts"] = {"model": str(model_dir), "loss_curve": str(folder / "loss_curve.jsonl"),
                                    **result.artifacts}
+            record["artifact_bytes"] = {name: disk_size(Path(path)) for name, path in record["artifacts"].items()}
             record["stages"]["tune"] = utc_now()
             write_record(folder, record)
+        reset_peak_memory(self.loaded.device)
         return self._evaluate_into(record, result.model)
 
     def _evaluate_into(self, record: dict[str, Any], model) -> dict[str, Any]:

@@ -39,6 +39,15 @@ def format_count(n: int | None) -> str:
     return str(n)
 
 
+def format_trainable(record: dict[str, Any]) -> str:
+    """Format the trainable parameter count with its share of the model's parameters."""
+    count = record.get("trainable_parameters")
+    total = record.get("model", {}).get("total_parameters")
+    if count is None or not total:
+        return format_count(count)
+    return f"{format_count(count)} ({100 * count / total:.3g}%)"
+
+
 def record_metrics(record: dict[str, Any], judge: str | None = None) -> dict[str, Any]:
     """Return a record's metrics, with the safety metrics of ``judge`` when it scored the record.
 
@@ -64,7 +73,7 @@ def comparison_table(records: Sequence[dict[str, Any]], judge: str | None = None
     headers += [f"ASR {k[4:-1]} ↓" for k in attack_keys]
     headers += [title for _, title in _SAFETY_COLUMNS]
     headers += [k.split("/")[0] + _UTILITY_SUFFIX[1] for k in utility_keys]
-    headers += ["trainable params", "tuning time (s)"]
+    headers += ["trainable params (% of model)", "tuning time (s)"]
     rows = []
     for record in records:
         metrics = record.get("metrics", {})
@@ -72,7 +81,7 @@ def comparison_table(records: Sequence[dict[str, Any]], judge: str | None = None
         row += [format_rate(metrics.get(k)) for k in attack_keys]
         row += [format_rate(metrics.get(k)) for k, _ in _SAFETY_COLUMNS]
         row += [format_rate(metrics.get(k)) for k in utility_keys]
-        row += [format_count(record.get("trainable_parameters")), _format_seconds(record.get("timings", {}).get("tune"))]
+        row += [format_trainable(record), _format_seconds(record.get("timings", {}).get("tune"))]
         rows.append(row)
     return tabulate(rows, headers=headers, tablefmt="github")
 

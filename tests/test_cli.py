@@ -189,3 +189,20 @@ def test_run_with_guard_judge_records_agreement(tiny_llama_dir, prompt_files, tm
     assert record["judge"]["name"] == "keyword"
     assert record["judges"][1]["model"] == str(tiny_llama_dir)
     assert "over-refusal" in out
+
+
+def test_failed_method_does_not_stop_others(tiny_llama_dir, prompt_files, tmp_path):
+    results = tmp_path / "results"
+    args = _run_args(tiny_llama_dir, prompt_files, results, "--method", "nest,lora",
+                     "--set", "nest.z_threshold=1000", "--set", "lora.val_fraction=0.2")
+    code, out, err = _main(args)
+    assert code == 2
+    assert "method nest failed: no safety neurons" in err
+    assert "| lora" in out
+    assert "| nest" in out
+    records = {r["method"]: r for r in _records(results)}
+    assert records["nest"]["status"] == "failed"
+    assert "Traceback" in records["nest"]["error"]["traceback"]
+    assert records["lora"]["status"] == "success"
+    assert records["lora"]["artifact_bytes"]["adapter"] > 0
+    assert (results / "runs" / records["lora"]["run_id"] / "loss_curve.jsonl").stat().st_size > 0

@@ -52,6 +52,9 @@ class TuneResult:
     report: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     loss_curve: list[dict[str, float]] = field(default_factory=list)
+    # Names of the exported model's parameters that tuning may have changed; every other
+    # parameter keeps its base value.
+    modified_parameters: tuple[str, ...] = ()
 
 
 class Method(abc.ABC):

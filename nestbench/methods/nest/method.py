@@ -125,6 +125,7 @@ class NestMethod(Method):
             report=report["totals"] | {"timings": timings},
             artifacts={"delta": str(delta_path), "audit": str(audit_path)},
             loss_curve=stats.loss_curve,
+            modified_parameters=tuple(f"{name}.weight" for name in updates),
         )
 
     def _train_probes(
