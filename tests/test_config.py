@@ -31,7 +31,7 @@ def test_overrides_reject_malformed(pair):
 
 def test_every_method_has_valid_recipe():
     names = METHODS.names()
-    assert names == ["nest", "none"]
+    assert names == ["circuit-breakers", "full", "lora", "nest", "none"]
     for name in names:
         assert recipe_path(name).is_file()
         assert load_method_config(name) is not None

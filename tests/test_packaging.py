@@ -21,7 +21,7 @@ def test_wheel_contains_recipes_and_tasks(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     recipes = {f"nestbench/_recipes/{p.name}" for p in recipes_dir().glob("*.yaml")}
     tasks = {f"nestbench/_tasks/{p.name}" for p in tasks_dir().iterdir() if p.is_file() and p.suffix != ".pyc"}
-    assert len(recipes) == 2
+    assert len(recipes) == 5
     assert recipes <= names
     assert tasks <= names
     assert "nestbench/_tasks/utils.py" in names

@@ -45,7 +45,7 @@ class CircuitBreakersConfig(MethodConfig):
     # representations are rerouted. Empty: the reference's 10/32 and 20/32 of the depth.
     target_layers: tuple[int, ...] = ()
     alpha: float = 10.0  # loss-coefficient scale of the c_s/c_r schedule (reference 10)
-    steps: int = 150  # optimiser steps T of the schedule (reference 150)
+    steps: int = 60  # optimiser steps T of the schedule (reference 150)
     batch_size: int | None = None  # pairs per step from each set; None: the profile's batch size (reference 16)
     lr: float = 1e-4  # constant (reference 1e-4)
     grad_clip: float | None = None

@@ -17,6 +17,9 @@ class FullConfig(SupervisedConfig):
     """Full fine-tuning settings: AdamW on all weights, lr in the usual 1e-5 to 2e-5 range."""
 
     lr: float = 2e-5
+    # One epoch keeps a quick-profile CPU run of all methods in budget; null uses the
+    # profile's epochs, as the other SFT methods do.
+    epochs: int | None = 1
     # Recompute activations in the backward pass, which saves memory and costs time.
     gradient_checkpointing: bool = False
 

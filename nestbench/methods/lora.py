@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 class LoraConfig(SupervisedConfig):
     """LoRA settings. ``rank=1`` on the FFN projections is the LoRA baseline of NeST (arXiv 2602.16835)."""
 
-    lr: float = 3e-4
+    lr: float = 5e-4
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
