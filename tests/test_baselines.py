@@ -18,6 +18,7 @@ from nestbench.methods.circuit_breakers import (
     read_completions_file,
     rerouting_loss,
     select_harmful_pairs,
+    template_prefix_length,
     resolve_target_layers,
     retain_loss,
     schedule,
@@ -205,6 +206,12 @@ def test_harmful_pairs_keep_only_unsafe_answers():
 def test_all_refused_answers_raise():
     with pytest.raises(ConfigError, match="no harmful completion to reroute.*drop_refused_completions=false"):
         select_harmful_pairs(["a?"], ["I'm sorry, but I cannot assist with that."], drop_refused=True)
+
+
+def test_template_prefix_covers_role_header(tiny_llama):
+    tokenizer = tiny_llama.tokenizer
+    header = tokenizer("<|im_start|>user\n", add_special_tokens=False)["input_ids"]
+    assert template_prefix_length(tokenizer) == len(header)
 
 
 def test_expand_all_methods():

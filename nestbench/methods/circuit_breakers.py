@@ -27,7 +27,7 @@ from nestbench.errors import ConfigError, TrainingDivergedError
 from nestbench.judges import make_judge
 from nestbench.methods.adapters import adapted_weight_names, attach_lora, discard, save_and_merge, trainable_count
 from nestbench.methods.base import Method, MethodConfig, TuneContext, TuneResult, register_method
-from nestbench.sft import SFTExample, collate, generate_greedy, tokenize_example
+from nestbench.sft import SFTExample, chat_prompt, collate, generate_greedy, tokenize_example
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +202,16 @@ def select_harmful_pairs(prompts: Sequence[str], answers: Sequence[str], drop_re
     return pairs
 
 
+def template_prefix_length(tokenizer) -> int:
+    """Return the number of chat-template tokens before the user's text (a default system prompt included)."""
+    first = tokenizer(chat_prompt(tokenizer, "alpha"), add_special_tokens=False)["input_ids"]
+    second = tokenizer(chat_prompt(tokenizer, "omega"), add_special_tokens=False)["input_ids"]
+    length = 0
+    while length < min(len(first), len(second)) and first[length] == second[length]:
+        length += 1
+    return length
+
+
 def _cycle(items: list, batch_size: int, seed: int) -> Iterator[list]:
     """Yield batches forever, reshuffling at each pass over ``items``."""
     rng = random.Random(seed)
@@ -276,6 +286,10 @@ class CircuitBreakersMethod(Method):
         pad_id = context.tokenizer.pad_token_id if context.tokenizer.pad_token_id is not None else 0
         device = next(peft_model.parameters()).device
         recorder = HiddenStateRecorder(peft_model.get_input_embeddings(), decoder_layers, max(targets))
+        # The template tokens before the user's text are the same in harmful and retain
+        # examples, and causal attention gives them the same states, so rerouting them
+        # would fight the retain loss. The rerouting loss skips them.
+        prefix = template_prefix_length(context.tokenizer)
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         cb_batches = _cycle(cb_items, batch_size, context.seed)
@@ -296,8 +310,9 @@ class CircuitBreakersMethod(Method):
             lora_cb = recorder(peft_model, cb)
             lora_retain = recorder(peft_model, retain)
 
-            loss_s = rerouting_loss([lora_cb[i] for i in targets], [frozen_cb[i] for i in targets],
-                                    cb["attention_mask"])
+            reroute_mask = cb["attention_mask"].clone()
+            reroute_mask[:, :prefix] = 0
+            loss_s = rerouting_loss([lora_cb[i] for i in targets], [frozen_cb[i] for i in targets], reroute_mask)
             loss_r = retain_loss(lora_retain, frozen_retain, retain["attention_mask"])
             loss = c_s * loss_s + c_r * loss_r
             if not torch.isfinite(loss):
