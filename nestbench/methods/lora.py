@@ -20,7 +20,9 @@ logger = logging.getLogger(__name__)
 class LoraConfig(SupervisedConfig):
     """LoRA settings. ``rank=1`` on the FFN projections is the LoRA baseline of NeST (arXiv 2602.16835)."""
 
-    lr: float = 5e-4
+    lr: float = 1e-3
+    # One epoch keeps a quick-profile CPU run of all methods in budget; null uses the profile's.
+    epochs: int | None = 1
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
