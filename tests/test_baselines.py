@@ -229,3 +229,11 @@ def test_peak_memory_window_resets():
     del block
     reset_peak_memory(cpu)
     assert peak_memory_mb(cpu) < with_block - 150
+
+
+def test_full_with_gradient_checkpointing(tiny_llama, tmp_path):
+    method = build_method("full", {"gradient_checkpointing": True, "val_fraction": 0.0, "lr": 1e-3})
+    before = tiny_llama.model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    result = method.tune(_context(tiny_llama, tmp_path))
+    assert not result.model.is_gradient_checkpointing
+    assert not torch.equal(result.model.model.layers[0].mlp.down_proj.weight, before)
