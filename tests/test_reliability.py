@@ -134,7 +134,7 @@ def bad_run(ws: dict, *extra: str, model: Path | str | None = None) -> str:
 @pytest.mark.parametrize(
     ("extra", "fragments"),
     [
-        (["--method", "nets"], ["unknown method 'nets'", "Did you mean 'nest'", "Available: nest, none"]),
+        (["--method", "nets"], ["unknown method 'nets'", "Did you mean 'nest'", "Available: circuit-breakers, full, lora, nest, none"]),
         (["--eval-set", "harmbnch"], ["unknown prompt set 'harmbnch'", "Did you mean 'harmbench'?"]),
         (["--utility-tasks", "arc_esay"], ["unknown utility task 'arc_esay'", "Did you mean 'arc_easy'?"]),
         (["--set", "z_treshold=2"], ["unknown key 'z_treshold'", "Did you mean 'z_threshold'?", "methods/nest.yaml"]),
