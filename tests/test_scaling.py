@@ -1,0 +1,118 @@
+"""Scale-out on existing engines: submitit sweeps and the vLLM backend option, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from reports_helpers import FAST_NEST, call_main, records_by_method, tiny_run_args, write_tiny_inputs
+
+from nestbench import backends
+from nestbench.errors import ConfigError
+from nestbench.runner import RunRequest
+from nestbench.sweep import JobResources, make_executor, plan_jobs
+
+# Sweep
+
+
+def test_sweep_local_executor(tmp_path):
+    # Two models, one of them missing: the good model's NeST job reuses its baseline from the
+    # first stage, the missing model's jobs fail, and the sweep exits 1 after building the table.
+    model, files = write_tiny_inputs(tmp_path)
+    missing = tmp_path / "no-such-model"
+    results = tmp_path / "results"
+    args = ["sweep", "--models", f"{model},{missing}", "--methods", "nest", "--executor", "local",
+            "--results-dir", str(results), "--train-prompts", str(files["train"]),
+            "--benign-prompts", str(files["benign"]), "--eval-prompts", str(files["eval"]),
+            "--limit", "3", "--epochs", "1", "--max-new-tokens", "4", "--attacks", "vanilla",
+            "--utility-tasks", "arc_easy", "--timeout-min", "10", *FAST_NEST]
+    code, out, err = call_main(args)
+    assert code == 1, out + err
+    assert f"2 job(s) failed: {missing}:none, {missing}:nest" in err
+
+    found = records_by_method(results)
+    assert [r["model"]["spec"] for r in found["none"]] == [str(model)]
+    assert [r["model"]["spec"] for r in found["nest"]] == [str(model)]
+    assert found["nest"][0]["status"] == "success"
+    assert found["nest"][0]["baseline_run_id"] == found["none"][0]["run_id"]
+
+    board = (results / "leaderboard.md").read_text()
+    rows = [line for line in board.splitlines() if line.startswith("| /")]
+    assert len(rows) == 2
+    assert "| none " in rows[0]
+    assert "| nest " in rows[1]
+    assert board in out
+    assert len(list((results / "sweeps").glob("*_result.pkl"))) == 4
+
+
+def test_plan_jobs_puts_baselines_first():
+    template = RunRequest(model="", profile="quick")
+    baselines, tuned = plan_jobs(["a", "b"], ["nest", "none"], template)
+    assert [(r.model, r.methods) for r in baselines] == [("a", ("none",)), ("b", ("none",))]
+    assert [(r.model, r.methods) for r in tuned] == [("a", ("nest",)), ("b", ("nest",))]
+    with pytest.raises(ConfigError, match="names an entry twice"):
+        plan_jobs(["a", "a"], ["nest"], template)
+
+
+def test_local_executor_rejects_partition(tmp_path):
+    with pytest.raises(ConfigError, match="--partition 'gpu' applies to the slurm executor only"):
+        make_executor("local", tmp_path, JobResources(partition="gpu"))
+
+
+def test_sweep_unknown_method_exits_2(tmp_path):
+    code, _, err = call_main(["sweep", "--models", "x", "--methods", "nets", "--results-dir", str(tmp_path)])
+    assert code == 2
+    assert "Did you mean 'nest'" in err
+
+
+# vLLM backend
+
+
+def test_vllm_missing_falls_back_to_hf(caplog):
+    assert not backends.vllm_available(), "vLLM is installed here; this test covers the fallback only"
+    with caplog.at_level(logging.WARNING, logger="nestbench.backends"):
+        assert backends.resolve_backend("vllm") == "hf"
+    assert "vLLM is not installed" in caplog.text
+    assert "pip install vllm" in caplog.text
+    with pytest.raises(ConfigError, match="unknown backend 'tgi'"):
+        backends.resolve_backend("tgi")
+
+
+def test_run_backend_vllm_fallback_recorded(tmp_path, caplog):
+    model, files = write_tiny_inputs(tmp_path)
+    results = tmp_path / "results"
+    with caplog.at_level(logging.WARNING, logger="nestbench.backends"):
+        code, _, err = call_main(tiny_run_args(model, files, results, "--method", "none", "--backend", "vllm"))
+    assert code == 0, err
+    assert "falls back to the Hugging Face backend" in caplog.text
+    record = records_by_method(results)["none"][0]
+    assert record["backend"] == {"requested": "vllm", "used": "hf"}
+    assert "backend" not in record["protocol"]
+
+
+def test_run_backend_vllm_plumbing(tmp_path, monkeypatch):
+    # vLLM needs CUDA, so the factory is swapped for lm-eval's HF model loaded from the same
+    # folder; the test checks which folder, batch size and dtype reach the vLLM factory.
+    from lm_eval.models.huggingface import HFLM
+
+    calls = []
+
+    def fake_vllm(model_folder, batch_size, dtype, seed, **extra):
+        calls.append({"folder": model_folder, "batch_size": batch_size, "dtype": dtype, "seed": seed})
+        return HFLM(pretrained=model_folder, batch_size=batch_size, dtype=dtype, device="cpu")
+
+    monkeypatch.setattr(backends, "vllm_available", lambda: True)
+    monkeypatch.setattr(backends, "make_vllm_lm", fake_vllm)
+    model, files = write_tiny_inputs(tmp_path)
+    results = tmp_path / "results"
+    code, _, err = call_main(tiny_run_args(model, files, results, "--backend", "vllm", *FAST_NEST))
+    assert code == 0, err
+    found = records_by_method(results)
+    none, nest = found["none"][0], found["nest"][0]
+    assert [call["folder"] for call in calls] == [str(model), nest["artifacts"]["model"]]
+    assert all(call["dtype"] == "float32" and call["batch_size"] == 32 and call["seed"] == 0 for call in calls)
+    for record in (none, nest):
+        assert record["backend"] == {"requested": "vllm", "used": "vllm"}
+        assert record["protocol"]["backend"] == "vllm"
+    assert json.loads(json.dumps(nest["metrics"]))["unsafe_rate"]["n"] == 3
