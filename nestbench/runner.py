@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import resource
 import sys
 import time
@@ -156,6 +157,7 @@ def open_context(request: RunRequest, plan: RunPlan) -> _RunContext:
     """Check the results folder, then load the prompt sets and the model of a planned run."""
     from nestbench.models import load_model
 
+    _check_single_process()
     results_dir = _prepare_results_dir(request.results_dir)
     data = load_run_data(request, plan.profile)
     start = time.perf_counter()
@@ -163,6 +165,22 @@ def open_context(request: RunRequest, plan: RunPlan) -> _RunContext:
                         trust_remote_code=request.trust_remote_code)
     load_seconds = time.perf_counter() - start
     return _RunContext(request, plan.profile, data, loaded, plan.settings, results_dir, load_seconds)
+
+
+def _check_single_process() -> None:
+    """Raise ConfigError when launched as one of several processes (``accelerate launch``, ``torchrun``).
+
+    TODO: the training loop does not shard batches or synchronise gradients, and every process
+    would pick its own run id, so several processes would each tune the whole model and write
+    their own records. Until that exists, only a single-process launch is accepted.
+    """
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if world_size.strip() not in ("", "1"):
+        raise ConfigError(
+            f"nestbench run was started as one of WORLD_SIZE={world_size} processes, but it trains in one process "
+            "only. Launch it with `accelerate launch --num_processes 1 -m nestbench run ...`, or spread (model, "
+            "method) jobs over GPUs with `nestbench sweep`"
+        )
 
 
 def _prepare_results_dir(path: Path) -> Path:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from reports_helpers import FAST_NEST, call_main, records_by_method, tiny_run_args, write_tiny_inputs
@@ -12,6 +16,8 @@ from nestbench import backends
 from nestbench.errors import ConfigError
 from nestbench.runner import RunRequest
 from nestbench.sweep import JobResources, make_executor, plan_jobs
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Sweep
 
@@ -116,3 +122,31 @@ def test_run_backend_vllm_plumbing(tmp_path, monkeypatch):
         assert record["backend"] == {"requested": "vllm", "used": "vllm"}
         assert record["protocol"]["backend"] == "vllm"
     assert json.loads(json.dumps(nest["metrics"]))["unsafe_rate"]["n"] == 3
+
+
+# accelerate launch
+
+
+def test_several_processes_rejected(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model, files = write_tiny_inputs(tmp_path)
+    results = tmp_path / "results"
+    code, _, err = call_main(tiny_run_args(model, files, results))
+    assert code == 2
+    assert "one of WORLD_SIZE=2 processes" in err
+    assert "accelerate launch --num_processes 1" in err
+    assert not results.exists()
+
+
+def test_accelerate_launch_single_process(tmp_path):
+    model, files = write_tiny_inputs(tmp_path)
+    results = tmp_path / "results"
+    launcher = Path(sys.executable).with_name("accelerate")
+    command = [str(launcher), "launch", "--num_processes", "1", "--num_machines", "1", "--cpu",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "nestbench",
+               *tiny_run_args(model, files, results, *FAST_NEST)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    found = records_by_method(results)
+    assert [r["status"] for r in found["none"] + found["nest"]] == ["success", "success"]
