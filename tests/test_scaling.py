@@ -150,3 +150,33 @@ def test_accelerate_launch_single_process(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     found = records_by_method(results)
     assert [r["status"] for r in found["none"] + found["nest"]] == ["success", "success"]
+
+
+# Documentation
+
+
+def test_scaling_doc_matches_estimates(capsys):
+    sys.path.insert(0, str(REPO / "docs"))
+    try:
+        import memory_estimates
+    finally:
+        sys.path.pop(0)
+    memory_estimates.main()
+    table = capsys.readouterr().out.strip().splitlines()
+    doc = (REPO / "docs" / "scaling.md").read_text()
+    assert len(table) == 11
+    for line in table:
+        assert line in doc
+
+
+def test_github_actions_example_runs_the_gate():
+    import yaml
+
+    workflow = yaml.safe_load((REPO / "docs" / "github-actions-nestbench.yml").read_text())
+    steps = workflow["jobs"]["safety-gate"]["steps"]
+    commands = "\n".join(step.get("run", "") for step in steps)
+    assert "nestbench run --method nest --profile quick" in commands
+    assert "nestbench check" in commands
+    assert "--max-asr 0.6 --max-utility-drop 0.06" in commands
+    uploads = [step for step in steps if step.get("uses", "").startswith("actions/upload-artifact")]
+    assert "generations" not in uploads[0]["with"]["path"]
