@@ -10,7 +10,7 @@ Assumptions, all stated so that a reader can redo the arithmetic:
 - activations kept for the backward pass, per token and layer, 2 bytes × (12 × d_model + 4 × d_ff)
   (attention inputs and outputs, the norms, and the SwiGLU gate, up, activation and product),
   with fused attention (no stored score matrix) and no activation checkpointing;
-- the loss upcasts the logits to float32, and the backward pass holds their gradient too:
+- the loss upcasts the logits to float32, and the backward pass keeps their gradient too:
   2 × batch × sequence × vocabulary × 4 bytes;
 - training batches of 8 examples of 256 tokens (NeST's defaults ``batch_size`` and ``max_length``);
 - evaluation batches of 32 sequences of 1,600 tokens (a DAN prompt of about 1,000 tokens plus

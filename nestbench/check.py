@@ -1,9 +1,9 @@
 """Regression gate for CI: compare one run record with bounds and, optionally, a baseline record.
 
-``check_record`` returns the violated bounds; the ``nestbench check`` command prints one line
-per violation and exits 1, exits 0 when every bound holds, and exits 2 (a ``CheckInputError``)
-when a record cannot be used: missing, unreadable, not successful, lacking a bounded metric,
-or measured under another protocol than its baseline.
+``check_record`` returns the violated bounds. The ``nestbench check`` command prints one line
+per violation and exits 1, or exits 0 when every bound holds. It exits 2 (a
+``CheckInputError``) when a record is missing, unreadable or not successful, lacks a bounded
+metric, or was measured under another protocol than its baseline.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def load_record(path: Path) -> tuple[Path, dict[str, Any]]:
         record = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckInputError(f"cannot read run record {file}: {err}") from err
-    if not isinstance(record, dict) or "metrics" not in record and "status" not in record:
+    if not isinstance(record, dict) or ("metrics" not in record and "status" not in record):
         raise CheckInputError(f"{file} is not a nestbench run record (no 'status' or 'metrics' field)")
     if record.get("status") != "success":
         raise CheckInputError(

@@ -1,10 +1,10 @@
 """Leaderboards built from run records only: one row per (model, method), in four formats.
 
-``build_leaderboard`` reads every ``record.json`` under a results folder, drops the runs
-that are not comparable results (quick profile, ``--limit``, not successful, or made from a
-checkout with uncommitted changes) unless the caller includes them, keeps the newest run of
-each (model, method), and computes each utility metric's change from the model's ``none``
-row. ``render`` writes the result as markdown, CSV, LaTeX (booktabs) or JSON.
+``build_leaderboard`` leaves out the runs that are not comparable results unless the caller
+includes them: quick profile, ``--limit``, not successful, or made from a checkout with
+uncommitted changes. It keeps the newest run of each (model, method) and computes each
+utility metric's change from the model's ``none`` row. ``render`` writes the result as
+markdown, CSV, LaTeX (booktabs) or JSON.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Column:
 
 @dataclass(frozen=True)
 class Filters:
-    """Which runs that are not comparable results still get a row."""
+    """Switches that bring back the runs a leaderboard leaves out by default."""
 
     include_quick: bool = False
     include_limited: bool = False

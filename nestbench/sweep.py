@@ -27,7 +27,7 @@ LEADERBOARD_NAME = "leaderboard.md"
 
 @dataclass(frozen=True)
 class JobResources:
-    """What each job asks the executor for."""
+    """Resources requested from the executor for each job."""
 
     timeout_min: int = 240
     gpus_per_node: int = 0
@@ -101,7 +101,9 @@ def _wait(jobs: list[tuple[str, Any]], result: SweepResult) -> None:
         try:
             paths = job.result()
         except Exception as err:  # submitit raises its own FailedJobError, or the job's exception
-            logger.error("job %s (%s) failed: %s", label, job.job_id, str(err).strip().splitlines()[-1:] or err)
+            lines = str(err).strip().splitlines()
+            logger.error("job %s (%s) failed: %s. Log: %s", label, job.job_id, lines[-1] if lines else repr(err),
+                         job.paths.stderr)
             result.failed.append(label)
             continue
         result.record_paths.extend(Path(p) for p in paths if Path(p) not in result.record_paths)

@@ -52,7 +52,9 @@ def records(runs) -> dict[str, dict]:
     found = records_by_method(runs["results"])
     nest = [r for r in found["nest"] if r["status"] == "success"]
     failed = [r for r in found["nest"] if r["status"] == "failed"]
-    assert len(found["none"]) == 1 and len(nest) == 1 and len(failed) == 1
+    assert len(found["none"]) == 1
+    assert len(nest) == 1
+    assert len(failed) == 1
     other = records_by_method(runs["other"])["none"][0]
     return {"none": found["none"][0], "nest": nest[0], "failed": failed[0], "other": other}
 
@@ -147,8 +149,8 @@ def test_include_failed_supersedes_older_run(runs, records):
 
 
 def test_dirty_checkout_excluded(records):
-    # The dirty flag comes from git at run time, so a copy with the flag set stands in for
-    # a run made from an edited checkout.
+    # The dirty flag comes from git at run time, so a copy with the flag set replaces a run
+    # made from an edited checkout.
     dirty = json.loads(json.dumps(records["nest"]))
     dirty["environment"]["git"]["dirty"] = True
     board = build_leaderboard([records["none"], dirty], Filters(include_quick=True, include_limited=True))

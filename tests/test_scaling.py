@@ -98,8 +98,8 @@ def test_run_backend_vllm_fallback_recorded(tmp_path, caplog):
 
 
 def test_run_backend_vllm_plumbing(tmp_path, monkeypatch):
-    # vLLM needs CUDA, so the factory is swapped for lm-eval's HF model loaded from the same
-    # folder; the test checks which folder, batch size and dtype reach the vLLM factory.
+    # vLLM needs CUDA, so lm-eval's HF model loaded from the same folder replaces the vLLM
+    # factory. The test checks which folder, batch size and dtype reach that factory.
     from lm_eval.models.huggingface import HFLM
 
     calls = []
