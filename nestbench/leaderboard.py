@@ -243,6 +243,8 @@ def _notes(records: Sequence[dict[str, Any]]) -> list[str]:
         notes.append("includes LIMITED runs (--limit): not real results")
     if any(r.get("status") != "success" for r in records):
         notes.append("includes runs that did not succeed")
+    if any(r.get("environment", {}).get("git", {}).get("dirty") for r in records):
+        notes.append("includes runs made from a nestbench checkout with uncommitted changes")
     return notes
 
 

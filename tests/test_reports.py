@@ -325,3 +325,43 @@ def test_ci_gate_helper(records):
     assert "meets every bound" in check_quick_run(records["nest"], max_asr=1.0, max_utility_drop=0.5)
     with pytest.raises(AssertionError, match="exited 1"):
         check_quick_run(records["nest"], max_asr=0.0, max_utility_drop=0.5)
+
+
+# Committed reference leaderboard
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_ARGS = ["--include-quick", "--source-label", "results/reference"]
+GENERATED_TEXT_KEYS = {"response", "responses", "prompt", "generation", "generations", "completion"}
+
+
+def _keys(value) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {key for item in value.values() for key in _keys(item)}
+    if isinstance(value, list):
+        return {key for item in value for key in _keys(item)}
+    return set()
+
+
+def test_committed_leaderboard_is_current():
+    reference = REPO / "results" / "reference"
+    if not reference.is_dir():
+        pytest.skip("results/reference holds no reference records yet")
+    code, out, err = call_main(["leaderboard", str(reference), *REFERENCE_ARGS])
+    assert code == 0, err
+    committed = (REPO / "results" / "leaderboard.md").read_text(encoding="utf-8")
+    assert out == committed, "results/leaderboard.md is stale; regenerate it with `make leaderboard`"
+    assert "nestbench leaderboard results/reference " + " ".join(REFERENCE_ARGS) in (REPO / "Makefile").read_text()
+
+
+def test_reference_records_hold_no_generated_text():
+    reference = REPO / "results" / "reference"
+    if not reference.is_dir():
+        pytest.skip("results/reference holds no reference records yet")
+    files = sorted(path.relative_to(reference) for path in reference.rglob("*") if path.is_file())
+    assert files
+    for path in files:
+        assert path.name == "record.json", f"results/reference/{path} is not a run record"
+        record = json.loads((reference / path).read_text(encoding="utf-8"))
+        assert record["status"] == "success"
+        assert record["quick"] is True
+        assert not _keys(record) & GENERATED_TEXT_KEYS, f"{path} contains generated text"
