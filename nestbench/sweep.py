@@ -67,7 +67,12 @@ def make_executor(kind: str, folder: Path, resources: JobResources) -> Any:
         raise ConfigError(f"unknown executor {kind!r}; use one of {', '.join(EXECUTORS)}")
     if kind == "local" and resources.partition:
         raise ConfigError(f"--partition {resources.partition!r} applies to the slurm executor only; drop it for local")
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    try:
+        executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    except RuntimeError as err:  # submitit raises this when Slurm's srun is not on PATH
+        raise NestbenchError(
+            f"cannot use the {kind} executor: {err}. Run the sweep on a Slurm login node, or use --executor local"
+        ) from err
     parameters: dict[str, Any] = {"timeout_min": resources.timeout_min, "gpus_per_node": resources.gpus_per_node,
                                   "name": "nestbench"}
     if resources.cpus_per_task is not None:

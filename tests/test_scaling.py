@@ -13,7 +13,7 @@ import pytest
 from reports_helpers import FAST_NEST, call_main, records_by_method, tiny_run_args, write_tiny_inputs
 
 from nestbench import backends
-from nestbench.errors import ConfigError
+from nestbench.errors import ConfigError, NestbenchError
 from nestbench.runner import RunRequest
 from nestbench.sweep import JobResources, make_executor, plan_jobs
 
@@ -180,3 +180,27 @@ def test_github_actions_example_runs_the_gate():
     assert "--max-asr 0.6 --max-utility-drop 0.06" in commands
     uploads = [step for step in steps if step.get("uses", "").startswith("actions/upload-artifact")]
     assert "generations" not in uploads[0]["with"]["path"]
+
+
+def test_slurm_executor_parameters(tmp_path, monkeypatch):
+    # submitit's Slurm executor only checks that srun is on PATH when it is built; nothing is submitted here.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    srun = fake_bin / "srun"
+    srun.write_text("#!/bin/sh\nexit 0\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    resources = JobResources(timeout_min=90, gpus_per_node=1, cpus_per_task=8, mem_gb=64, partition="gpu")
+    executor = make_executor("slurm", tmp_path / "jobs", resources)
+    parameters = executor._executor.parameters
+    assert parameters["partition"] == "gpu"
+    assert parameters["time"] == 90
+    assert parameters["gpus_per_node"] == 1
+    assert parameters["cpus_per_task"] == 8
+    assert parameters["mem"] == "64GB"
+
+
+def test_slurm_executor_without_slurm(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(NestbenchError, match="cannot use the slurm executor.*--executor local"):
+        make_executor("slurm", tmp_path / "jobs", JobResources())
