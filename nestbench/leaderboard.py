@@ -243,6 +243,11 @@ def _notes(records: Sequence[dict[str, Any]]) -> list[str]:
         notes.append("includes LIMITED runs (--limit): not real results")
     if any(r.get("status") != "success" for r in records):
         notes.append("includes runs that did not succeed")
+    for model in sorted({model_name(r) for r in records}):
+        protocols = {r.get("protocol_key") for r in records if model_name(r) == model}
+        if len(protocols) > 1:
+            notes.append(f"rows of {model} were measured under {len(protocols)} different protocols "
+                         "(model, data or evaluation settings), so they are not directly comparable")
     if any(r.get("environment", {}).get("git", {}).get("dirty") for r in records):
         notes.append("includes runs made from a nestbench checkout with uncommitted changes")
     return notes

@@ -365,3 +365,28 @@ def test_reference_records_hold_no_generated_text():
         assert record["status"] == "success"
         assert record["quick"] is True
         assert not _keys(record) & GENERATED_TEXT_KEYS, f"{path} contains generated text"
+
+
+def test_optional_columns_follow_metrics():
+    from nestbench.leaderboard import _columns
+
+    keys = ["asr[gcg]", "asr[dan]", "asr_mean", "unsafe_rate", "over_refusal", "degenerate", "arc_easy/acc"]
+    columns = _columns([{"metrics": {key: {} for key in keys}}])
+    assert [column.key for column in columns] == [
+        "asr[dan]", "asr[gcg]", "asr_mean", "unsafe_rate", "over_refusal", "degenerate",
+        "arc_easy/acc", "delta:arc_easy/acc", "trainable_parameters", "tune_seconds",
+    ]
+    assert [column.key for column in _columns([{"metrics": {"unsafe_rate": {}}}])] == [
+        "unsafe_rate", "degenerate", "trainable_parameters", "tune_seconds",
+    ]
+
+
+def test_mixed_protocols_noted(records):
+    board = build_leaderboard([records["nest"], records["other"]], SHOW_ALL_FILTERS)
+    model = records["nest"]["model"]["spec"]
+    assert f"rows of {model} were measured under 2 different protocols" in " ".join(board.notes)
+    assert [row["method"] for row in board.rows] == ["none", "nest"]
+    # The only none row was measured under another protocol, so no change from it is shown.
+    nest_row = board.rows[1]
+    assert nest_row["cells"]["delta:arc_easy/acc"] is None
+    assert nest_row["baseline_run_id"] is None
