@@ -3,7 +3,8 @@
 - ``asr_by_attack``: attack success rate per attack (vanilla is ``unsafe_rate``), one bar
   per method, with 95% interval error bars, one panel per model.
 - ``safety_vs_utility``: mean utility accuracy against mean attack success rate, marker
-  area growing with the number of trainable parameters (a Pareto view: up and left is better).
+  area growing with the number of trainable parameters, and the Pareto front dashed (up and
+  left is better).
 - ``safety_neurons_<run_id>``: safety neurons per layer and projection from a NeST run's
   audit report (``nest_audit.json`` in the run folder).
 """
@@ -97,17 +98,23 @@ def safety_vs_utility(records: Sequence[dict[str, Any]], out_dir: Path, formats:
     attack_keys = [key for key, _ in _attack_metrics(records)]
     utility_keys = sorted({k for r in records for k in r.get("metrics", {}) if k.endswith("/acc")})
     figure, axis = plt.subplots(figsize=(6, 4.5))
+    points = []
     for record in sorted(records, key=lambda r: (model_name(r), r["method"])):
         asr = _mean_value(record, attack_keys)
         utility = _mean_value(record, utility_keys)
         if asr is None or utility is None:
             continue
+        points.append((asr, utility))
         params = record.get("trainable_parameters") or 0
         # Marker area grows with log10(parameters), so 100 and 10 million both stay visible.
         size = 30 + 40 * math.log10(params + 1)
         axis.scatter(asr, utility, s=size, alpha=0.7)
         axis.annotate(f"{model_name(record).rsplit('/', 1)[-1]} {record['method']}", (asr, utility),
                       textcoords="offset points", xytext=(6, 4), fontsize="small")
+    front = pareto_front(points)
+    if len(front) > 1:
+        axis.plot(*zip(*front), linestyle="--", color="grey", linewidth=1, label="Pareto front")
+        axis.legend(fontsize="small")
     axis.set_xlabel("mean attack success rate (%) ↓")
     axis.set_ylabel(f"mean utility accuracy (%) ↑ ({', '.join(k.split('/')[0] for k in utility_keys)})")
     axis.set_title("safety against utility (marker size: trainable parameters)")
@@ -115,6 +122,20 @@ def safety_vs_utility(records: Sequence[dict[str, Any]], out_dir: Path, formats:
     paths = _save(figure, out_dir, "safety_vs_utility", formats)
     plt.close(figure)
     return paths
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Return the (ASR, utility) points that no other point beats on both, sorted by ASR.
+
+    A point is beaten when another has lower or equal ASR and higher or equal utility, and is
+    better on at least one of them.
+    """
+    front = []
+    for point in points:
+        beaten = any(o[0] <= point[0] and o[1] >= point[1] and o != point for o in points)
+        if not beaten and point not in front:
+            front.append(point)
+    return sorted(front)
 
 
 def neurons_per_layer(audit: dict[str, Any]) -> dict[str, dict[int, int]]:

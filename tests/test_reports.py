@@ -390,3 +390,10 @@ def test_mixed_protocols_noted(records):
     nest_row = board.rows[1]
     assert nest_row["cells"]["delta:arc_easy/acc"] is None
     assert nest_row["baseline_run_id"] is None
+
+
+def test_pareto_front():
+    from nestbench.plots import pareto_front
+
+    points = [(90.0, 52.0), (45.0, 48.0), (50.0, 47.0), (5.0, 43.0), (45.0, 48.0)]
+    assert pareto_front(points) == [(5.0, 43.0), (45.0, 48.0), (90.0, 52.0)]
