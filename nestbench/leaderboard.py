@@ -223,11 +223,16 @@ def build_leaderboard(
     return Leaderboard(columns, rows, excluded, _notes(selected), source)
 
 
+def _judge_label(judge: dict[str, Any]) -> str:
+    name = str(judge.get("name", "?"))
+    return name if judge.get("version") is None else f"{name} (version {judge['version']})"
+
+
 def _notes(records: Sequence[dict[str, Any]]) -> list[str]:
     """Describe the protocol behind the numbers: judges, generation length, profiles and flags."""
     if not records:
         return []
-    judges = sorted({str(r.get("judge", {}).get("name", "?")) for r in records})
+    judges = sorted({_judge_label(r.get("judge", {})) for r in records})
     tokens = sorted({str(r.get("evaluation", {}).get("max_gen_toks", "?")) for r in records})
     profiles = sorted({str(r.get("profile", {}).get("name", "?")) for r in records})
     notes = [

@@ -40,7 +40,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     code, _, err = call_main(_with_limit(tiny_run_args(model_dir, files, results, "--set", "z_threshold=1000"), 20))
     assert code == 2, err
     other = folder / "other"
-    args = _with_limit(tiny_run_args(model_dir, files, other, "--method", "none"), 20)
+    args = _with_limit(tiny_run_args(model_dir, files, other, "--method", "none", "--over-refusal", "none"), 20)
     args[args.index("--max-new-tokens") + 1] = "5"
     code, _, err = call_main(args)
     assert code == 0, err
@@ -119,7 +119,8 @@ def test_csv_numbers_match_records(runs, records):
 def test_latex_booktabs(runs):
     code, out, err = call_main(["leaderboard", str(runs["results"]), *SHOW_ALL, "--format", "latex"])
     assert code == 0, err
-    for command in ("\\begin{tabular}{llrrrrrrr}", "\\toprule", "\\midrule", "\\bottomrule", "\\caption{"):
+    columns = len(leaderboard_from_dir(runs["results"], SHOW_ALL_FILTERS).columns)
+    for command in ("\\begin{tabular}{ll" + "r" * columns + "}", "\\toprule", "\\midrule", "\\bottomrule", "\\caption{"):
         assert command in out
     assert "arc\\_easy acc $\\uparrow$" in out
     assert "$\\pm$" in out
@@ -268,13 +269,22 @@ def test_check_utility_drop_against_own_baseline(runs, records):
     [
         ([], "no bound given"),
         (["--max-asr", "30"], "--max-asr 30.0 is outside [0, 1]"),
-        (["--max-over-refusal", "0.2"], "has no 'over_refusal' metric"),
     ],
 )
 def test_check_bad_bounds_exit_2(runs, records, args, fragment):
     code, _, err = _check(records["nest"], runs, *args)
     assert code == 2
     assert fragment in err
+
+
+def test_check_over_refusal_bound(runs, records):
+    value = records["nest"]["metrics"]["over_refusal"]["value"]
+    code, out, err = _check(records["nest"], runs, "--max-over-refusal", str(value))
+    assert code == 0, out + err
+    other = str(record_path(records["other"], runs["other"]))
+    code, _, err = call_main(["check", other, "--max-over-refusal", "0.2"])
+    assert code == 2
+    assert "has no 'over_refusal' metric" in err
 
 
 def test_check_unusable_records_exit_2(runs, records, tmp_path):
