@@ -10,7 +10,7 @@ PIP = $(VENV)/bin/python -m pip
 RUN_ARGS ?= --method nest --profile quick
 PYTEST_ARGS ?=
 
-.PHONY: setup run test clean-results
+.PHONY: setup run test clean-results leaderboard
 
 # The stamp file makes set-up run again only when the project's requirements change.
 $(VENV)/.setup-done: pyproject.toml Makefile
@@ -28,3 +28,7 @@ run: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# results/leaderboard.md is generated from the committed reference records; a test checks it.
+leaderboard: setup
+	$(VENV)/bin/nestbench leaderboard results/reference --include-quick --source-label results/reference -o results/leaderboard.md

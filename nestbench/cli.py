@@ -79,10 +79,12 @@ def cli(verbose: bool) -> None:
 @click.option("--table-judge", help="Show this judge's safety metrics in the printed table (default: the first judge).")
 @click.option("--resume", "resume_id", metavar="RUN_ID",
               help="Continue run RUN_ID in --results-dir from its last finished stage, with its recorded settings.")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+              help="lm-eval backend for evaluation; vllm falls back to hf with a warning when vLLM is not installed.")
 @click.pass_context
 def run(ctx, methods, model, device, dtype, trust_remote_code, profile, overrides, harmful_set, benign_set, eval_set,
         train_prompts, benign_prompts, eval_prompts, attacks, utility_tasks, epochs, max_new_tokens, limit, seed, results_dir,
-        no_baseline_reuse, judge, judges, judge_models, over_refusal, table_judge, resume_id) -> None:
+        no_baseline_reuse, judge, judges, judge_models, over_refusal, table_judge, resume_id, backend) -> None:
     """Tune the model with each method, evaluate it next to the untouched model, and print a table."""
     from nestbench.config import parse_overrides
     from nestbench.runner import RunRequest
@@ -126,6 +128,7 @@ def run(ctx, methods, model, device, dtype, trust_remote_code, profile, override
         judges=judge_names,
         judge_models=_judge_models(judge_models, judge_names),
         over_refusal_set=None if over_refusal == "none" else over_refusal,
+        backend=backend,
     )
     _print_records(run_job(request), results_dir, table_judge)
 
@@ -241,6 +244,16 @@ def list_command(what: str) -> None:
 
         for name in PROFILES:
             click.echo(f"{name:8s} {PROFILES.get(name).to_dict()}")
+
+
+def _register_report_commands() -> None:
+    from nestbench.cli_reports import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_register_report_commands()
 
 
 def main() -> None:

@@ -281,8 +281,12 @@ def evaluate_model(
     settings: EvalSettings,
     work_dir: Path,
     cache_path: Path | None = None,
+    lm: Any = None,
 ) -> EvaluationResult:
     """Evaluate ``model`` on every attack, the over-refusal set and every utility task in ``settings``.
+
+    ``lm`` replaces the default ``HFLM`` wrapper of ``model`` with another lm-eval model,
+    such as the vLLM backend built by ``nestbench.backends``.
 
     Writes the requests to ``work_dir / REQUESTS_FILE`` and the unjudged responses to
     ``work_dir / RESPONSES_FILE``, then runs the utility tasks, then the judges. lm-eval
@@ -290,6 +294,7 @@ def evaluate_model(
     return, also after an error. lm-eval may add a pad token to ``tokenizer``. Global
     random seeds are left untouched because greedy decoding and log-likelihood scoring
     draw no random numbers.
+
     ``cache_path`` is a file prefix for lm-eval's response cache (see ``nestbench.gencache``),
     which must be specific to ``model``'s weights, or None for no cache.
     """
@@ -300,7 +305,8 @@ def evaluate_model(
     requests_path = write_requests(eval_requests, work_dir) if settings.attacks else None
     task_manager = make_task_manager(settings, requests_path)
     try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
+        if lm is None:
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
         result = EvaluationResult(metrics={}, settings=_recorded_settings(settings))
         if settings.attacks or settings.over_refusal_set is not None:
             results = _run_safety(lm, task_manager, settings, result.timings, **_cache_option(cache_path, "safety"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import resource
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from nestbench import __version__
+from nestbench.backends import BACKENDS, resolve_backend
 from nestbench.errors import ConfigError, NestbenchError
 from nestbench.profiles import Profile
 from nestbench.gencache import generation_cache_prefix
@@ -75,6 +77,7 @@ class RunRequest:
     judges: tuple[str, ...] = ("keyword",)
     judge_models: dict[str, str] = field(default_factory=dict)
     over_refusal_set: str | None = "nestbench-benign"
+    backend: str = "hf"
 
 
 @dataclass
@@ -158,6 +161,8 @@ def disk_size(path: Path) -> int:
 def run(request: RunRequest) -> list[dict[str, Any]]:
     """Run the main job and return the records: the ``none`` baseline first, then each method."""
     request = dataclasses.replace(request, methods=expand_methods(request.methods))
+    if request.backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {request.backend!r}; use one of {', '.join(BACKENDS)}")
     plan = plan_run(request)
     methods = plan.methods
     context = open_context(request, plan)
@@ -190,6 +195,7 @@ def open_context(request: RunRequest, plan: RunPlan) -> _RunContext:
     """Check the results folder, then load the prompt sets and the model of a planned run."""
     from nestbench.models import load_model
 
+    _check_single_process()
     results_dir = _prepare_results_dir(request.results_dir)
     data = load_run_data(request, plan.profile)
     start = time.perf_counter()
@@ -212,6 +218,21 @@ def expand_methods(names: tuple[str, ...]) -> tuple[str, ...]:
                 expanded.append(candidate)
     return tuple(expanded)
 
+
+def _check_single_process() -> None:
+    """Raise ConfigError when launched as one of several processes (``accelerate launch``, ``torchrun``).
+
+    TODO: the training loop does not shard batches or synchronise gradients, and every process
+    would pick its own run id, so several processes would each tune the whole model and write
+    their own records. Until that exists, only a single-process launch is accepted.
+    """
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    if world_size.strip() not in ("", "1"):
+        raise ConfigError(
+            f"nestbench run was started as one of WORLD_SIZE={world_size} processes, but it trains in one process "
+            "only. Launch it with `accelerate launch --num_processes 1 -m nestbench run ...`, or spread (model, "
+            "method) jobs over GPUs with `nestbench sweep`"
+        )
 
 
 def _prepare_results_dir(path: Path) -> Path:
@@ -240,10 +261,15 @@ class _RunContext:
         self.load_seconds = load_seconds
         self.training_data = None
         self.baseline_id: str | None = None
+        self.backend = resolve_backend(request.backend)
 
     def protocol(self) -> dict[str, Any]:
-        """Return the settings that change evaluation numbers; records compare only when these match."""
-        return {
+        """Return the settings that change evaluation numbers; records compare only when these match.
+
+        ``backend`` appears only for a backend other than ``hf``, so records made before the
+        option existed keep their protocol key.
+        """
+        protocol = {
             "model_sha256": self.loaded.model_hash,
             "chat_template_sha256": self.loaded.chat_template_hash,
             "dtype": str(self.loaded.dtype),
@@ -251,6 +277,9 @@ class _RunContext:
             "evaluation": self.settings.as_dict(),
             "nestbench": __version__,
         }
+        if self.backend != "hf":
+            protocol["backend"] = self.backend
+        return protocol
 
     def _base_record(self, method: str, config: dict[str, Any], run_id: str) -> dict[str, Any]:
         protocol = self.protocol()
@@ -282,6 +311,7 @@ class _RunContext:
             "data": self.data.describe(),
             "evaluation": self.settings.as_dict(),
             "judge": {"name": self.settings.judge},
+            "backend": {"requested": self.request.backend, "used": self.backend},
             "protocol": protocol,
             "protocol_key": sha256_json(protocol),
             "environment": {"libraries": library_versions(), "git": git_state(), "machine": machine_info()},
@@ -375,10 +405,12 @@ class _RunContext:
         write_record(folder, record)
         start = time.perf_counter()
         with _recorded_failure(folder, record):
-            cache = generation_cache_prefix(self.results_dir, model, self.loaded.tokenizer)
-            record["generation_cache"] = str(cache)
+            # The cache holds responses of the hf backend, so another backend generates afresh.
+            cache = generation_cache_prefix(self.results_dir, model, self.loaded.tokenizer) if self.backend == "hf" else None
+            record["generation_cache"] = None if cache is None else str(cache)
             result = evaluate_model(
-                model, self.loaded.tokenizer, self.data.harmful_eval.prompts, self.settings, folder, cache_path=cache
+                model, self.loaded.tokenizer, self.data.harmful_eval.prompts, self.settings, folder,
+                cache_path=cache, lm=self._backend_lm(record, model, folder),
             )
             write_jsonl(folder / GENERATIONS_NAME, result.generations, private=True)
         record["timings"]["evaluate"] = time.perf_counter() - start
@@ -395,6 +427,16 @@ class _RunContext:
         write_record(folder, record)
         logger.info("wrote %s", folder / "record.json")
         return record
+
+    def _backend_lm(self, record: dict[str, Any], model, folder: Path):
+        """Return the lm-eval model for ``--backend``, or None for the default in-memory ``HFLM``."""
+        if self.backend != "vllm":
+            return None
+        from nestbench.backends import make_vllm_lm, vllm_model_folder
+
+        dtype = str(self.loaded.dtype).removeprefix("torch.")
+        return make_vllm_lm(vllm_model_folder(record, self.loaded, model, folder), self.settings.batch_size,
+                            dtype, self.request.seed)
 
 
 @contextlib.contextmanager

@@ -16,17 +16,28 @@ _SAFETY_COLUMNS = (
 _UTILITY_SUFFIX = ("/acc", " acc ↑")
 
 
+def half_width(metric: dict[str, Any]) -> float | None:
+    """Return the half-width of a metric's 95% interval as a fraction, or None when it has none.
+
+    A rate carries its interval bounds; a utility metric carries lm-eval's standard error,
+    which gives the normal-approximation half-width 1.96 × stderr.
+    """
+    if metric.get("ci_low") is not None and metric.get("ci_high") is not None:
+        return (metric["ci_high"] - metric["ci_low"]) / 2
+    if metric.get("stderr") is not None:
+        return 1.96 * metric["stderr"]
+    return None
+
+
 def format_rate(metric: dict[str, Any] | None) -> str:
     """Format a rate metric as a percentage with the half-width of its 95% interval."""
     if not metric:
         return "–"
     value = 100 * metric["value"]
-    if metric.get("ci_low") is not None and metric.get("ci_high") is not None:
-        half = 100 * (metric["ci_high"] - metric["ci_low"]) / 2
-        return f"{value:.1f} ± {half:.1f} (n={metric['n']})"
-    if metric.get("stderr") is not None:
-        return f"{value:.1f} ± {196 * metric['stderr']:.1f} (n={metric['n']})"
-    return f"{value:.1f}"
+    half = half_width(metric)
+    if half is None:
+        return f"{value:.1f}"
+    return f"{value:.1f} ± {100 * half:.1f} (n={metric['n']})"
 
 
 def format_count(n: int | None) -> str:
