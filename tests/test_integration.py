@@ -50,6 +50,13 @@ def test_nest_lowers_unsafe_rate(quick_records):
     assert nest["metrics"]["unsafe_rate"]["value"] <= baseline["metrics"]["unsafe_rate"]["value"] - 0.2
 
 
+def test_ci_gate_passes(quick_records):
+    # The project's regression gate: `nestbench check` on the NeST record must exit 0.
+    from ci_gate import check_quick_run
+
+    check_quick_run(quick_records[1])
+
+
 def test_records_succeeded(quick_records):
     baseline, nest = quick_records
     assert baseline["status"] == "success"
