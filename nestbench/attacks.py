@@ -371,9 +371,11 @@ def future_tense_prompts() -> tuple[str, ...]:
     return _read_lines(FUTURE_TENSE_FILE)
 
 
-@functools.cache
 def wildjailbreak_prompts() -> tuple[str, ...]:
-    """Load the WildJailbreak adversarial evaluation prompts through ``nestbench.prompts``."""
+    """Load the WildJailbreak adversarial evaluation prompts through ``nestbench.prompts``.
+
+    Not cached, so a changed ``NESTBENCH_HUB_MIRROR`` takes effect on the next call.
+    """
     from nestbench.prompts import load_prompt_set  # imported on use: it pulls in more modules
 
     return load_prompt_set(WILDJAILBREAK_SET).prompts
