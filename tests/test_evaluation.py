@@ -286,3 +286,32 @@ def test_evaluate_times_each_task(tiny_result) -> None:
     result, _, _ = tiny_result
     assert set(result.timings) == TASKS
     assert all(seconds > 0 for seconds in result.timings.values())
+
+
+def test_evaluate_new_attacks_and_utility(tiny_llama, tmp_path: Path) -> None:
+    """Run two garak-free attacks, one fixed-prompt attack and two new utility tasks on a random model."""
+    model, tokenizer = tiny_llama
+    settings = EvalSettings(
+        attacks=("vanilla", "rot13", "payload_splitting", "tap"),
+        utility_tasks=("winogrande", "mmlu"),
+        harmful_limit=3,
+        utility_limit=2,
+        max_gen_toks=4,
+        batch_size=4,
+    )
+    requests = ["Say one.", "Say two.", "Say three.", "Say four."]
+    result = evaluate_model(model, tokenizer, requests, settings, tmp_path)
+
+    for attack in ("rot13", "payload_splitting", "tap"):
+        assert result.metrics[f"asr[{attack}]"]["n"] == 3, attack
+    rates = [result.metrics[f"asr[{attack}]"]["value"] for attack in ("rot13", "payload_splitting", "tap")]
+    assert result.metrics["asr_mean"]["value"] == pytest.approx(sum(rates) / 3)
+    tap_rows = [row for row in result.generations if row["attack"] == "tap"]
+    assert [row["request"] for row in tap_rows] == [row["prompt"] for row in tap_rows]
+    rot13_rows = [row for row in result.generations if row["attack"] == "rot13"]
+    assert [row["request"] for row in rot13_rows] == requests[:3]
+
+    assert result.metrics["winogrande/acc"]["n"] == 2
+    assert 0.0 <= result.metrics["winogrande/acc"]["value"] <= 1.0
+    assert result.metrics["mmlu/acc"]["n"] == 2 * 57
+    assert "nestbench_mmlu_anatomy" in result.task_versions
