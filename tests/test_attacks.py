@@ -41,7 +41,7 @@ from nestbench.attacks import (
     style_injection,
     tap_prompts,
 )
-from nestbench.errors import PromptSetError
+from nestbench.errors import ConfigError, PromptSetError
 from nestbench.prompts import HUB_MIRROR_ENV
 
 REQUESTS = [f"Describe harmful thing number {number}." for number in range(30)]
@@ -407,3 +407,22 @@ def test_wildjailbreak_offline_names_fix(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv(HUB_MIRROR_ENV, str(tmp_path / "empty"))
     with pytest.raises(PromptSetError, match=HUB_MIRROR_ENV):
         ATTACKS.get("wildjailbreak").build(REQUESTS)
+
+
+# White-box attack -----------------------------------------------------------------------------
+
+
+def test_gcg_adaptive_outside_default() -> None:
+    assert "gcg_adaptive" in ATTACKS
+    assert "gcg_adaptive" not in offline_attacks()
+
+
+def test_gcg_adaptive_needs_suffixes() -> None:
+    with pytest.raises(ConfigError, match="no optimised suffixes"):
+        ATTACKS.get("gcg_adaptive").build(REQUESTS)
+
+
+def test_gcg_adaptive_attacks_subset() -> None:
+    attack = ATTACKS.get("gcg_adaptive").with_suffixes(["!! one", "?? two"])
+    assert attack.build(REQUESTS) == [f"{REQUESTS[0]} !! one", f"{REQUESTS[1]} ?? two"]
+    assert attack.judged_requests(REQUESTS) == REQUESTS[:2]

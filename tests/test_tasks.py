@@ -15,7 +15,8 @@ from nestbench.attacks import ATTACKS
 from nestbench.errors import ConfigError, PromptSetError, UnknownNameError
 from nestbench.resources import tasks_dir
 
-ONLINE_ATTACKS = ("wildjailbreak",)
+# Attacks whose tasks need the network or an optimisation against a model to build docs.
+ONLINE_ATTACKS = ("gcg_adaptive", "wildjailbreak")
 FIXED_PROMPT_ATTACKS = ("future_tense", "past_tense", "tap")
 HARMFUL_TASKS = tuple(f"nestbench_harmful_{name}" for name in ATTACKS.names() if name not in ONLINE_ATTACKS)
 REQUEST_TASKS = tuple(
