@@ -12,7 +12,7 @@ Four kinds of attack are registered:
 - programmatic attacks rewrite or encode the request (prefix injection, Base64, ...);
 - fixed-prompt attacks replace the request by prompts from their own set (past and future
   tense reformulations, TAP, WildJailbreak). They score at most as many prompts as there
-  are requests, and the judge sees each fixed prompt as the request.
+  are requests, and the judge is given each fixed prompt as the request.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class Attack:
         raise NotImplementedError(f"attack {self.name!r} must override Attack.apply")
 
     def judged_requests(self, requests: Sequence[str]) -> list[str]:
-        """Return the request that the judge sees next to each prompt of ``build``.
+        """Return the request that the judge is given with each prompt of ``build``.
 
         It is the evaluation request itself, except for fixed-prompt attacks, whose prompts
         carry requests of their own.

@@ -221,13 +221,16 @@ def list_command(what: str) -> None:
             size = spec.size if spec.size is not None else "online"
             click.echo(f"{name:28s} {spec.role:14s} {size!s:>7}  {spec.license}  {spec.source}")
     elif what == "attacks":
-        from nestbench.attacks import ATTACKS, offline_attacks
+        from nestbench.attacks import ATTACKS, ONLINE_ATTACKS, WHITE_BOX_ATTACKS
 
-        offline = offline_attacks()
         for name in ATTACKS:
             attack = ATTACKS.get(name)
-            kind = "offline" if name in offline else "online"
-            click.echo(f"{name:20s} {kind:8s} {attack.description}  [source: {attack.source}]")
+            kind = "offline"
+            if name in ONLINE_ATTACKS:
+                kind = "online"
+            elif name in WHITE_BOX_ATTACKS:
+                kind = "white-box"
+            click.echo(f"{name:20s} {kind:9s} {attack.description}  [source: {attack.source}]")
     elif what == "judges":
         from nestbench.judges import judge_descriptions
 

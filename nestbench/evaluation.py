@@ -99,7 +99,7 @@ class EvalSettings:
     system_prompt: str | None = None
     utility_chat_template: bool = False
     # The gcg_adaptive attack: GCG steps per request and how many of the first requests get
-    # a suffix. NOTE: 50 steps is a small budget chosen for CPU runs (Zou et al. used 500).
+    # a suffix. NOTE: 50 steps is a small budget chosen for CPU runs. nanoGCG defaults to 250.
     gcg_steps: int = 50
     gcg_prompts: int = 4
 
