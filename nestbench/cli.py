@@ -60,8 +60,10 @@ def cli(verbose: bool) -> None:
 @click.option("--train-prompts", type=click.Path(path_type=Path), help="Harmful training prompts from a .jsonl, .csv or .txt file.")
 @click.option("--benign-prompts", type=click.Path(path_type=Path), help="Benign training prompts from a .jsonl, .csv or .txt file.")
 @click.option("--eval-prompts", type=click.Path(path_type=Path), help="Harmful evaluation prompts from a .jsonl, .csv or .txt file.")
-@click.option("--attacks", help="Comma-separated attacks to evaluate (see `nestbench list attacks`).")
-@click.option("--utility-tasks", help="Comma-separated utility tasks (default: arc_easy,arc_challenge).")
+@click.option("--attacks", help="Comma-separated attacks to evaluate (default: every offline attack; "
+              "see `nestbench list attacks`).")
+@click.option("--utility-tasks", help="Comma-separated utility tasks (default: arc_easy,arc_challenge): "
+              "mmlu, hellaswag, piqa, winogrande, boolq, openbookqa, or a built-in lm-eval task name.")
 @click.option("--epochs", type=int, help="Training epochs (overrides the profile).")
 @click.option("--max-new-tokens", type=int, help="New tokens per response when scoring safety (overrides the profile).")
 @click.option("--limit", type=int, help="Evaluate only this many prompts per task; marks the run as limited.")
@@ -222,11 +224,16 @@ def list_command(what: str) -> None:
             size = spec.size if spec.size is not None else "online"
             click.echo(f"{name:28s} {spec.role:14s} {size!s:>7}  {spec.license}  {spec.source}")
     elif what == "attacks":
-        from nestbench.attacks import ATTACKS
+        from nestbench.attacks import ATTACKS, ONLINE_ATTACKS, WHITE_BOX_ATTACKS
 
         for name in ATTACKS:
             attack = ATTACKS.get(name)
-            click.echo(f"{name:16s} {attack.description}  [{attack.source}]")
+            kind = "offline"
+            if name in ONLINE_ATTACKS:
+                kind = "online"
+            elif name in WHITE_BOX_ATTACKS:
+                kind = "white-box"
+            click.echo(f"{name:20s} {kind:9s} {attack.description}  [source: {attack.source}]")
     elif what == "judges":
         from nestbench.judges import judge_descriptions
 

@@ -70,28 +70,51 @@ def record_metrics(record: dict[str, Any], judge: str | None = None) -> dict[str
     return metrics
 
 
+def format_utility(metric: dict[str, Any] | None, baseline: dict[str, Any] | None) -> str:
+    """Format a utility metric, followed by its change in points from the ``none`` row when given."""
+    text = format_rate(metric)
+    if metric and baseline and metric is not baseline:
+        text += f" [{100 * (metric['value'] - baseline['value']):+.1f}]"
+    return text
+
+
+def _utility_keys(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Return each utility task's accuracy metric: ``<task>/acc``, or its first metric when it has none."""
+    keys = {k for r in records for k in r.get("metrics", {}) if "/" in k}
+    tasks = sorted({k.split("/")[0] for k in keys})
+    chosen = []
+    for task in tasks:
+        accuracy = f"{task}{_UTILITY_SUFFIX[0]}"
+        chosen.append(accuracy if accuracy in keys else min(k for k in keys if k.startswith(f"{task}/")))
+    return chosen
+
+
 def comparison_table(records: Sequence[dict[str, Any]], judge: str | None = None) -> str:
     """Return a markdown table with one row per record: attack success rates, utility and cost.
 
     ``judge`` picks whose safety metrics are shown when a record contains several judges' metrics.
+    Utility cells of a tuned model end with the change in points from the ``none`` record,
+    in square brackets, when the records include one.
     """
     records = [{**record, "metrics": record_metrics(record, judge)} for record in records]
     attack_keys = sorted({k for r in records for k in r.get("metrics", {}) if k.startswith("asr[")})
-    utility_keys = sorted(
-        {k for r in records for k in r.get("metrics", {}) if k.endswith(_UTILITY_SUFFIX[0])}
-    )
+    has_mean = any("asr_mean" in r.get("metrics", {}) for r in records)
+    utility_keys = _utility_keys(records)
+    baseline = next((r.get("metrics", {}) for r in records if r.get("method") == "none"), {})
     headers = ["method", "status"]
     headers += [f"ASR {k[4:-1]} ↓" for k in attack_keys]
+    headers += ["ASR mean ↓"] if has_mean else []
     headers += [title for _, title in _SAFETY_COLUMNS]
-    headers += [k.split("/")[0] + _UTILITY_SUFFIX[1] for k in utility_keys]
+    headers += [k.replace("/", " ") + " ↑" for k in utility_keys]
     headers += ["trainable params (% of model)", "tuning time (s)"]
     rows = []
     for record in records:
         metrics = record.get("metrics", {})
         row = [record["method"], record["status"]]
         row += [format_rate(metrics.get(k)) for k in attack_keys]
+        row += [format_rate(metrics.get("asr_mean"))] if has_mean else []
         row += [format_rate(metrics.get(k)) for k, _ in _SAFETY_COLUMNS]
-        row += [format_rate(metrics.get(k)) for k in utility_keys]
+        row += [format_utility(metrics.get(k), baseline.get(k)) for k in utility_keys]
         row += [format_trainable(record), _format_seconds(record.get("timings", {}).get("tune"))]
         rows.append(row)
     return tabulate(rows, headers=headers, tablefmt="github")
@@ -117,6 +140,8 @@ def table_caption(records: Sequence[dict[str, Any]], judge: str | None = None) -
         f"safety: {evaluation.get('max_gen_toks', '?')} new tokens, greedy, chat template",
         "utility: lm-eval log-likelihood without chat template",
         "rates in % with 95% Wilson interval half-widths",
+        "ASR mean: unweighted mean over the attacks other than vanilla",
+        "utility change from none in points, in brackets",
     ]
     for pair, agreement in first.get("judge_agreement", {}).items():
         notes.append(_format_agreement(pair, agreement))

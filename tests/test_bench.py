@@ -22,7 +22,7 @@ def _load(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["probe", "train_step", "generate", "end_to_end"])
+@pytest.mark.parametrize("name", ["probe", "train_step", "generate", "end_to_end", "attack_time"])
 def test_bench_help(name, capsys):
     with pytest.raises(SystemExit) as exit_:
         _load(name).main(["--help"])
@@ -103,3 +103,12 @@ def test_end_to_end_bench_lists_stages(tiny_llama_dir, tmp_path, capsys):
     for stage in ("load model", "tune: probes", "tune: fold", "evaluate: nestbench_harmful_vanilla", "evaluate: nestbench_arc_easy"):
         assert stage in out
     assert "--profile quick" in out
+
+
+def test_attack_time_bench_prints_ratios(tiny_llama_dir, capsys):
+    args = ["--model", str(tiny_llama_dir), "--prompts", "2", "--attacks", "vanilla,rot13,tap", "--max-gen-toks", "2"]
+    assert _load("attack_time").main(args) == 0
+    out = capsys.readouterr().out
+    assert "vs vanilla" in out
+    for name in ("| vanilla", "| rot13", "| tap"):
+        assert name in out

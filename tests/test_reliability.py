@@ -159,7 +159,7 @@ def test_bad_option_exits_2(workspace, extra, fragments):
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (["--attacks", "vanilla,dann"], "unknown attack 'dann'. Did you mean 'dan'?"),
+        (["--attacks", "vanilla,dann"], "unknown attack 'dann'. Did you mean 'dan'"),
         (["--judge", "keywrd"], "unknown judge 'keywrd'"),
         (["--eval-set", "harmbnch"], "unknown prompt set 'harmbnch'"),
     ],
