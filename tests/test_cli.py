@@ -39,22 +39,9 @@ def _run_args(model_dir: Path, files: dict[str, Path], results: Path, *extra: st
 
 
 def _main(args: list[str]):
-    """Run the real entry point (with its error handling) and return (exit code, stderr text)."""
-    import sys
-    from io import StringIO
+    from reports_helpers import call_main
 
-    old_argv, old_err, old_out = sys.argv, sys.stderr, sys.stdout
-    sys.argv = ["nestbench", *args]
-    sys.stderr, sys.stdout = StringIO(), StringIO()
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        err, out = sys.stderr.getvalue(), sys.stdout.getvalue()
-        sys.argv, sys.stderr, sys.stdout = old_argv, old_err, old_out
-    return code, out, err
+    return call_main(args)
 
 
 def _records(results: Path) -> list[dict]:
