@@ -6,7 +6,7 @@ an attack adds to a run. A long template costs prompt tokens, while the generati
 is fixed by --max-gen-toks. Fixed-prompt attacks (tap, past_tense, future_tense) send their
 own prompts.
 
-    flock /tmp/nestbench-heavy.lock env OMP_NUM_THREADS=2 \\
+    OMP_NUM_THREADS=2 \\
         python bench/attack_time.py --prompts 4 --attacks vanilla,dan,rot13
 """
 

@@ -6,7 +6,7 @@ self-distillation answers, NeST's activations, probes, clustering, SFT and fold,
 tuned model, and each lm-eval task of each evaluated model. Arguments that this script
 does not define go to ``nestbench run``; the default is ``--method nest --profile quick``.
 
-    flock /tmp/nestbench-heavy.lock env OMP_NUM_THREADS=2 python bench/end_to_end.py
+    OMP_NUM_THREADS=2 python bench/end_to_end.py
     python bench/end_to_end.py --limit 2 --epochs 1    # a smoke run, not a measurement
 """
 

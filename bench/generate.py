@@ -6,7 +6,7 @@ them into batches of ``batch_size`` with left padding, and generates greedily wi
 cache (``use_cache=True``). Prompts are HarmBench requests wrapped by an attack and put in
 the chat template. Throughput is generated tokens per second, both modes in this process.
 
-    flock /tmp/nestbench-heavy.lock env OMP_NUM_THREADS=2 python bench/generate.py
+    OMP_NUM_THREADS=2 python bench/generate.py
 """
 
 from __future__ import annotations

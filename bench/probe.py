@@ -7,7 +7,7 @@ Each candidate is a set of NeST recipe keys, timed through the same code path as
 ``probes`` stage of ``nestbench run``. The overlap is the Jaccard index of the sets of
 (module, neuron) pairs selected at each z threshold.
 
-    flock /tmp/nestbench-heavy.lock env OMP_NUM_THREADS=2 python bench/probe.py
+    OMP_NUM_THREADS=2 python bench/probe.py
 """
 
 from __future__ import annotations

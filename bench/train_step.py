@@ -16,7 +16,7 @@ the loaded model (activations kept for backward, gradients, optimizer state).
 NeST gets random safety neurons (``--neurons`` per module, in ``--clusters`` clusters) in
 every gate and up projection, which is more modules than a real selection touches.
 
-    flock /tmp/nestbench-heavy.lock env OMP_NUM_THREADS=2 python bench/train_step.py
+    OMP_NUM_THREADS=2 python bench/train_step.py
 """
 
 from __future__ import annotations
