@@ -85,7 +85,8 @@ def coerce_value(key: str, value: Any, annotation: Any, origin: str) -> Any:
         return _coerce(value, annotation)
     except (TypeError, ValueError) as err:
         raise ConfigError(
-            f"invalid value {value!r} for {key!r} in {origin}: expected {_describe(annotation)}"
+            f"invalid value {value!r} for {key!r} in {origin}: expected {_describe(annotation)}. "
+            f"Give {key} a value of that type, or run `nestbench validate` on the recipe to see every problem"
         ) from err
 
 

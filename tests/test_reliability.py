@@ -118,7 +118,7 @@ def bad_run(ws: dict, *extra: str, model: Path | str | None = None) -> str:
         (["--set", "z_treshold=2"], ["unknown key 'z_treshold'", "Did you mean 'z_threshold'?", "methods/nest.yaml"]),
         (["--set", "z_threshold=-1"], ["z_threshold must be >= 0, got -1"]),
         (["--set", "k_max=0"], ["k_max must be >= 1, got 0"]),
-        (["--set", "lr=fast"], ["invalid value 'fast' for 'lr'", "expected float"]),
+        (["--set", "lr=fast"], ["invalid value 'fast' for 'lr'", "expected float", "Give lr a value of that type"]),
         (["--set", "nets.lr=1"], ["names method 'nets'", "Did you mean 'nest'?"]),
         (["--limit", "0"], ["invalid --limit 0", "Leave --limit out"]),
         (["--epochs", "0"], ["invalid epochs 0"]),
