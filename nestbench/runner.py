@@ -13,6 +13,7 @@ import logging
 import os
 import resource
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -238,9 +239,9 @@ def _check_single_process() -> None:
 def _prepare_results_dir(path: Path) -> Path:
     try:
         (path / "runs").mkdir(parents=True, exist_ok=True)
-        probe = path / "runs" / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        # A uniquely named probe file, because sweep jobs check the same folder in parallel.
+        with tempfile.NamedTemporaryFile(dir=path / "runs", prefix=".write-test-"):
+            pass
     except OSError as err:
         raise NestbenchError(
             f"results directory {path} is not writable ({err.strerror}); pass a writable folder with --results-dir"
