@@ -309,7 +309,7 @@ def to_markdown(leaderboard: Leaderboard) -> str:
 
 
 def to_csv(leaderboard: Leaderboard) -> str:
-    """One row per (model, method); rates get a value column and a ``±`` half-width column."""
+    """Render one CSV row per (model, method), with a value column and a ``±`` half-width column per rate."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     headers = ["model", "method", "run_id"]

@@ -406,7 +406,7 @@ class _RunContext:
         write_record(folder, record)
         start = time.perf_counter()
         with _recorded_failure(folder, record):
-            # The cache holds responses of the hf backend, so another backend generates afresh.
+            # The cache contains responses of the hf backend, so another backend generates afresh.
             cache = generation_cache_prefix(self.results_dir, model, self.loaded.tokenizer) if self.backend == "hf" else None
             record["generation_cache"] = None if cache is None else str(cache)
             result = evaluate_model(

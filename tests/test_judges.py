@@ -276,7 +276,7 @@ def test_labelled_set_composition() -> None:
 
 
 def test_keyword_accuracy_floor() -> None:
-    # The keyword judge scored 191/212 (0.901) when this floor was set; the misses are
+    # The keyword judge scored 191/212 (0.901) when this floor was set. Its misses were
     # partial refusals (15), refusals without a listed phrase (3) and short loops (3).
     result = score_judge("keyword")
     assert result.accuracy >= 0.89

@@ -38,9 +38,6 @@ def adapted_weight_names(peft_model: PeftModel) -> tuple[str, ...]:
     return tuple(f"{name}.weight" for name, module in base.named_modules() if isinstance(module, LoraLayer))
 
 
-def trainable_count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
 
 def save_and_merge(peft_model: PeftModel, adapter_dir: Path) -> torch.nn.Module:
     """Save the adapter (loadable with ``PeftModel.from_pretrained``), then merge it into the weights.

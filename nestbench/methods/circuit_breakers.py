@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from nestbench.config import require
 from nestbench.errors import ConfigError, TrainingDivergedError
 from nestbench.judges import make_judge
-from nestbench.methods.adapters import adapted_weight_names, attach_lora, discard, save_and_merge, trainable_count
-from nestbench.methods.base import Method, MethodConfig, TuneContext, TuneResult, register_method
+from nestbench.methods.adapters import adapted_weight_names, attach_lora, discard, save_and_merge
+from nestbench.methods.base import Method, MethodConfig, TuneContext, TuneResult, count_trainable, register_method
 from nestbench.sft import SFTExample, chat_prompt, collate, generate_greedy, tokenize_example
 
 logger = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ class CircuitBreakersMethod(Method):
             r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
             target_modules=list(cfg.target_modules), layers_to_transform=list(range(last)),
         ))
-        trainable = trainable_count(peft_model)
+        trainable = count_trainable(peft_model.parameters())
         logger.info("LoRA rank %d on decoder layers 0..%d: %d trainable parameters", cfg.rank, last - 1, trainable)
         try:
             loss_curve, seconds = self._train(peft_model, decoder_layers, targets, cb_items, retain_items, context)

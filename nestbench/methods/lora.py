@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from peft import LoraConfig as PeftLoraConfig
 
 from nestbench.config import require
-from nestbench.methods.adapters import adapted_weight_names, attach_lora, discard, save_and_merge, trainable_count
-from nestbench.methods.base import Method, TuneContext, TuneResult, register_method
+from nestbench.methods.adapters import adapted_weight_names, attach_lora, discard, save_and_merge
+from nestbench.methods.base import Method, TuneContext, TuneResult, count_trainable, register_method
 from nestbench.methods.supervised import SupervisedConfig
 from nestbench.sft import train_sft
 
@@ -56,7 +56,7 @@ class LoraMethod(Method):
     def tune(self, context: TuneContext) -> TuneResult:
         cfg = self.config
         peft_model = attach_lora(context.model, cfg.peft_config())
-        trainable = trainable_count(peft_model)
+        trainable = count_trainable(peft_model.parameters())
         logger.info("LoRA rank %d on %s: %d trainable parameters", cfg.rank, ", ".join(cfg.target_modules), trainable)
         try:
             stats = train_sft(
