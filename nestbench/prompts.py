@@ -243,20 +243,38 @@ def _parse_jsonl(path: Path, text: str) -> list[str]:
 
 
 def _parse_csv(path: Path, text: str) -> list[str]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is None:
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as error:
+        raise _invalid_csv(path, 1, error) from None
+    if fieldnames is None:
         return []
-    if "prompt" not in reader.fieldnames:
-        columns = ", ".join(repr(name) for name in reader.fieldnames)
+    if "prompt" not in fieldnames:
+        columns = ", ".join(repr(name) for name in fieldnames)
         raise PromptSetError(
             f"{path}:1: missing \"prompt\" column in the header row (columns: {columns}). "
             f"Name the prompt column \"prompt\""
         )
     prompts = []
-    for row in reader:
+    while True:
+        # A record starts on the line after the last one read; strict mode makes a quote that
+        # never closes an error instead of one long prompt that swallows the rest of the file.
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return prompts
+        except csv.Error as error:
+            raise _invalid_csv(path, start, error) from None
         # line_num counts physical lines read so far, so it is the last line of this record.
         prompts.append(_check_prompt(row["prompt"], f"{path}:{reader.line_num}"))
-    return prompts
+
+
+def _invalid_csv(path: Path, line: int, error: csv.Error) -> PromptSetError:
+    return PromptSetError(
+        f"{path}:{line}: invalid CSV ({error}). Close the quoted field, or double each quote inside it (\"\")"
+    )
 
 
 def _parse_txt(path: Path, text: str) -> list[str]:

@@ -283,6 +283,9 @@ def test_suffix_is_case_insensitive(tmp_path):
         ("bad.csv", "id,text\n1,hello\n", 1, 'missing "prompt" column in the header row (columns: \'id\', \'text\')'),
         ("bad.csv", "prompt,id\nok,1\n,2\n", 3, "empty prompt"),
         ("bad.csv", "id,prompt\n1,ok\n2\n", 3, "missing prompt value"),
+        ("bad.csv", 'prompt\nok\n"how do I\nbake bread\nnext\n', 3, "invalid CSV (unexpected end of data). Close the quoted field"),
+        ("bad.csv", 'prompt\n"closed" then text\n', 2, "invalid CSV ("),
+        ("bad.csv", '"prompt\nok\n', 1, "invalid CSV (unexpected end of data)"),
     ],
 )
 def test_malformed_file_names_line(tmp_path, file_name, content, line, problem):
