@@ -116,9 +116,27 @@ def overrides_for(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_override_scopes(overrides: dict[str, Any], methods: tuple[str, ...]) -> None:
-    """Reject ``--set METHOD.key=...`` for a method that this run does not tune, which would be ignored."""
+    """Reject ``--set`` keys that cannot apply as written.
+
+    ``--set METHOD.key=...`` for a method that this run does not tune would be ignored; a bare
+    key that only some of the run's methods have would fail on the others, so the error names
+    the scoped form for the methods that have it.
+    """
+    from nestbench.methods import METHODS
+
+    tuned = [name for name in methods if name != "none"]
     for key, value in overrides.items():
         scope, dot, _ = key.partition(".")
+        if not dot and len(tuned) > 1:
+            owners = [name for name in tuned if key in _config_keys(METHODS.get(name).config_class)]
+            if owners and len(owners) < len(tuned):
+                scoped = " ".join(f"--set {name}.{key}={value}" for name in owners)
+                others = [name for name in tuned if name not in owners]
+                verb = "has" if len(others) == 1 else "have"
+                raise ConfigError(
+                    f"--set {key}={value} applies to every method in this run, but {', '.join(others)} {verb} no key "
+                    f"{key!r}. Scope it to the method(s) that have it: {scoped}"
+                )
         if dot and scope not in methods:
             close = difflib.get_close_matches(scope, list(methods), n=1, cutoff=0.5)
             hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -127,6 +145,10 @@ def check_override_scopes(overrides: dict[str, Any], methods: tuple[str, ...]) -
                 f"Methods in this run: {', '.join(methods)}. Use --set METHOD.KEY=VALUE with one of them, "
                 "or a bare KEY=VALUE for every method"
             )
+
+
+def _config_keys(config_class: type) -> set[str]:
+    return {field.name for field in dataclasses.fields(config_class) if field.init}
 
 
 def resolve_recipe_path(recipe: str | Path) -> Path:
@@ -167,7 +189,7 @@ def recipe_problems(path: Path, method: str | None = None) -> list[str]:
     except ConfigError as err:
         return [str(err)]
     config_class = METHODS.get(method).config_class
-    fields = {field.name for field in dataclasses.fields(config_class) if field.init}
+    fields = _config_keys(config_class)
     hints = typing.get_type_hints(config_class)
     origin = f"recipe {path}"
     problems = [unknown_key_message(key, fields, origin) for key in sorted(set(values) - fields)]

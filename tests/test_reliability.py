@@ -120,6 +120,10 @@ def bad_run(ws: dict, *extra: str, model: Path | str | None = None) -> str:
         (["--set", "k_max=0"], ["k_max must be >= 1, got 0"]),
         (["--set", "lr=fast"], ["invalid value 'fast' for 'lr'", "expected float", "Give lr a value of that type"]),
         (["--set", "nets.lr=1"], ["names method 'nets'", "Did you mean 'nest'?"]),
+        (
+            ["--method", "nest,lora,circuit-breakers", "--set", "z_threshold=2"],
+            ["but lora, circuit-breakers have no key 'z_threshold'", "--set nest.z_threshold=2"],
+        ),
         (["--limit", "0"], ["invalid --limit 0", "Leave --limit out"]),
         (["--epochs", "0"], ["invalid epochs 0"]),
         (["--profile", "medium"], ["unknown profile 'medium'"]),
