@@ -32,6 +32,20 @@ from nestbench.resources import tasks_dir
 
 logger = logging.getLogger(__name__)
 
+
+class _DropCustomDatasetHint(logging.Filter):
+    """Drop lm-eval's per-task hint about ``--metadata``, which every nestbench task triggers.
+
+    nestbench's tasks load their prompts through ``custom_dataset`` and receive their settings
+    from the TaskManager, so the hint, meant for lm-eval's own command line, only adds noise.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed to `--metadata`" not in record.getMessage()
+
+
+logging.getLogger("lm_eval.api.task").addFilter(_DropCustomDatasetHint())
+
 HARMFUL_TASK_PREFIX = "nestbench_harmful_"
 OVER_REFUSAL_TASK = "nestbench_over_refusal"
 # Short utility names, used in settings and metric names, mapped to lm-eval task names.
