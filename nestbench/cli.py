@@ -99,6 +99,7 @@ def run(ctx, methods, model, device, dtype, trust_remote_code, profile, override
         _print_records(resume(results_dir, resume_id), results_dir)
         return
 
+    _check_set_or_file(ctx)
     judge_names = _split(judges) or (judge,)
     if table_judge is not None and table_judge not in judge_names:
         raise click.BadParameter(
@@ -133,6 +134,25 @@ def run(ctx, methods, model, device, dtype, trust_remote_code, profile, override
         backend=backend,
     )
     _print_records(run_job(request), results_dir, table_judge)
+
+
+# Each prompt file replaces the named set beside it, so giving both would silently drop the set.
+_SET_AND_FILE_OPTIONS = (("harmful_set", "train_prompts"), ("benign_set", "benign_prompts"), ("eval_set", "eval_prompts"))
+
+
+def _check_set_or_file(ctx: click.Context) -> None:
+    """Reject a named prompt set and the prompt file that would replace it in the same command."""
+    given = {
+        name for pair in _SET_AND_FILE_OPTIONS for name in pair
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    }
+    for set_name, file_name in _SET_AND_FILE_OPTIONS:
+        if set_name in given and file_name in given:
+            set_option, file_option = (f"--{name.replace('_', '-')}" for name in (set_name, file_name))
+            raise click.UsageError(
+                f"{set_option} {ctx.params[set_name]!r} and {file_option} {ctx.params[file_name]} both choose "
+                f"the same prompts, and the file would replace the set; pass only one of them"
+            )
 
 
 def _check_resume_options(ctx: click.Context) -> None:

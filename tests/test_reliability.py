@@ -109,6 +109,16 @@ def bad_run(ws: dict, *extra: str, model: Path | str | None = None) -> str:
 # Bad input: the message names the value and the fix, and earlier results stay intact.
 
 
+def test_prompt_set_beside_its_file_exits_2(workspace):
+    # run_args already passes --eval-prompts; naming a set as well would leave the set unused.
+    args = run_args(workspace["model"], workspace, workspace["results"], "--eval-set", "harmbench")
+    code, _, err = run_cli(args)
+    assert code == 2
+    assert "--eval-set 'harmbench' and --eval-prompts" in err
+    assert "pass only one of them" in err
+    assert_earlier_results_intact(workspace)
+
+
 @pytest.mark.parametrize(
     ("extra", "fragments"),
     [
