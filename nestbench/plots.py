@@ -98,19 +98,22 @@ def safety_vs_utility(records: Sequence[dict[str, Any]], out_dir: Path, formats:
     attack_keys = [key for key, _ in _attack_metrics(records)]
     utility_keys = sorted({k for r in records for k in r.get("metrics", {}) if k.endswith("/acc")})
     figure, axis = plt.subplots(figsize=(6, 4.5))
-    points = []
+    placed = []
     for record in sorted(records, key=lambda r: (model_name(r), r["method"])):
         asr = _mean_value(record, attack_keys)
         utility = _mean_value(record, utility_keys)
         if asr is None or utility is None:
             continue
-        points.append((asr, utility))
+        placed.append((record, asr, utility))
         params = record.get("trainable_parameters") or 0
         # Marker area grows with log10(parameters), so 100 and 10 million both stay visible.
         size = 30 + 40 * math.log10(params + 1)
         axis.scatter(asr, utility, s=size, alpha=0.7)
-        axis.annotate(f"{model_name(record).rsplit('/', 1)[-1]} {record['method']}", (asr, utility),
-                      textcoords="offset points", xytext=(6, 4), fontsize="small")
+    points = [(asr, utility) for _, asr, utility in placed]
+    for (asr, utility), label in point_labels(placed).items():
+        axis.annotate(label, (asr, utility), textcoords="offset points", xytext=(6, 4), fontsize="small")
+    # Room on every side for the labels of the outermost points.
+    axis.margins(x=0.25, y=0.12)
     front = pareto_front(points)
     if len(front) > 1:
         axis.plot(*zip(*front), linestyle="--", color="grey", linewidth=1, label="Pareto front")
@@ -122,6 +125,21 @@ def safety_vs_utility(records: Sequence[dict[str, Any]], out_dir: Path, formats:
     paths = _save(figure, out_dir, "safety_vs_utility", formats)
     plt.close(figure)
     return paths
+
+
+def point_labels(placed: Sequence[tuple[dict[str, Any], float, float]]) -> dict[tuple[float, float], str]:
+    """Return one label per plotted point from ``(record, asr, utility)`` triples.
+
+    Runs that land on the same point to 0.1 (e.g. ``none`` and a method that changed nothing)
+    share one label, so their names do not print on top of each other. The model name is
+    left out when every run is of the same model.
+    """
+    one_model = len({model_name(record) for record, _, _ in placed}) == 1
+    names: dict[tuple[float, float], list[str]] = {}
+    for record, asr, utility in placed:
+        name = record["method"] if one_model else f"{model_name(record).rsplit('/', 1)[-1]} {record['method']}"
+        names.setdefault((round(asr, 1), round(utility, 1)), []).append(name)
+    return {point: ", ".join(group) for point, group in names.items()}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -14,7 +14,7 @@ from reports_helpers import FAST_NEST, call_main, record_path, records_by_method
 
 from nestbench.check import Bounds, CheckInputError, protocol_differences
 from nestbench.leaderboard import Filters, build_leaderboard, leaderboard_from_dir, render
-from nestbench.plots import neurons_per_layer
+from nestbench.plots import neurons_per_layer, point_labels
 
 # A large learning rate makes the tiny model's ARC-Easy accuracy on 20 items move (0.30 -> 0.25),
 # so the utility-drop bound has a real drop to test.
@@ -187,6 +187,16 @@ def test_render_rejects_unknown_format(runs):
 
 
 # Plots
+
+
+def test_point_labels_merge_runs_on_the_same_point():
+    def record(method, model="m/tiny"):
+        return {"method": method, "model": {"spec": model}}
+
+    placed = [(record("none"), 93.5, 52.3), (record("circuit-breakers"), 93.54, 52.26), (record("nest"), 47.5, 48.8)]
+    assert point_labels(placed) == {(93.5, 52.3): "none, circuit-breakers", (47.5, 48.8): "nest"}
+    placed.append((record("none", "m/other"), 90.0, 50.0))
+    assert point_labels(placed)[(90.0, 50.0)] == "other none"
 
 
 def test_plot_writes_png_and_svg(runs, tmp_path):
