@@ -142,12 +142,12 @@ _SET_AND_FILE_OPTIONS = (("harmful_set", "train_prompts"), ("benign_set", "benig
 
 def _check_set_or_file(ctx: click.Context) -> None:
     """Reject a named prompt set and the prompt file that would replace it in the same command."""
-    given = {
+    on_command_line = {
         name for pair in _SET_AND_FILE_OPTIONS for name in pair
         if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
     }
     for set_name, file_name in _SET_AND_FILE_OPTIONS:
-        if set_name in given and file_name in given:
+        if set_name in on_command_line and file_name in on_command_line:
             set_option, file_option = (f"--{name.replace('_', '-')}" for name in (set_name, file_name))
             raise click.UsageError(
                 f"{set_option} {ctx.params[set_name]!r} and {file_option} {ctx.params[file_name]} both choose "

@@ -258,8 +258,8 @@ def _parse_csv(path: Path, text: str) -> list[str]:
         )
     prompts = []
     while True:
-        # A record starts on the line after the last one read; strict mode makes a quote that
-        # never closes an error instead of one long prompt that swallows the rest of the file.
+        # A record starts on the line after the last one read. Strict mode raises on a quote
+        # that never closes, which would otherwise read the rest of the file as one prompt.
         start = reader.line_num + 1
         try:
             row = next(reader)

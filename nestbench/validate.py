@@ -118,8 +118,8 @@ def overrides_for(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
 def check_override_scopes(overrides: dict[str, Any], methods: tuple[str, ...]) -> None:
     """Reject ``--set`` keys that cannot apply as written.
 
-    ``--set METHOD.key=...`` for a method that this run does not tune would be ignored; a bare
-    key that only some of the run's methods have would fail on the others, so the error names
+    ``--set METHOD.key=...`` for a method that this run does not tune would be ignored. A bare
+    key that only some of the run's methods have would fail on the others, so the error gives
     the scoped form for the methods that have it.
     """
     from nestbench.methods import METHODS
