@@ -177,7 +177,10 @@ def test_github_actions_example_runs_the_gate():
     commands = "\n".join(step.get("run", "") for step in steps)
     assert "nestbench run --method nest --profile quick" in commands
     assert "nestbench check" in commands
-    assert "--max-asr 0.6 --max-utility-drop 0.06" in commands
+    # The example uses the bounds of this project's own gate, so both move together.
+    from ci_gate import CI_MAX_ASR, CI_MAX_UTILITY_DROP
+
+    assert f"--max-asr {CI_MAX_ASR} --max-utility-drop {CI_MAX_UTILITY_DROP}" in commands
     uploads = [step for step in steps if step.get("uses", "").startswith("actions/upload-artifact")]
     assert "generations" not in uploads[0]["with"]["path"]
 
