@@ -110,7 +110,7 @@ def bad_run(ws: dict, *extra: str, model: Path | str | None = None) -> str:
 
 
 def test_prompt_set_beside_its_file_exits_2(workspace):
-    # run_args already passes --eval-prompts; naming a set as well would leave the set unused.
+    # run_args already passes --eval-prompts, so naming a set as well would leave the set unused.
     args = run_args(workspace["model"], workspace, workspace["results"], "--eval-set", "harmbench")
     code, _, err = run_cli(args)
     assert code == 2

@@ -449,7 +449,7 @@ def test_wildjailbreak_task_loads_from_mirror(
 
 
 def test_custom_dataset_hint_is_filtered(caplog):
-    # lm-eval warns on every custom_dataset task; nestbench drops that one hint and keeps other warnings.
+    # lm-eval warns on every custom_dataset task. nestbench drops that one hint and keeps other warnings.
     import logging
 
     import nestbench.evaluation  # noqa: F401  (installs the filter)
