@@ -465,7 +465,7 @@ def _load_hub(
     cache_dir: str | os.PathLike[str] | None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """Load a hub model and return it with its hash ``hub:<id>@<commit or 'unknown'>``."""
-    offline = _hub_offline()
+    offline = hub_offline()
     _check_hub_available(repo_id, revision, cache_dir, offline)
     options = {
         "revision": revision,
@@ -507,19 +507,30 @@ def _check_hub_available(
         return
     if offline:
         raise ModelLoadError(_hub_offline_message(repo_id, "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set"))
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise ModelLoadError(_hub_offline_message(repo_id, reason))
+
+
+def hub_unreachable_reason() -> str | None:
+    """Return why a direct connection to the Hugging Face Hub fails within a few seconds, or None.
+
+    Returns None when a proxy is configured, because a failed direct connection does not mean
+    that the proxy route fails, so huggingface_hub decides.
+    """
     if urllib.request.getproxies():
-        # A failed direct connection does not mean the proxy route fails, so huggingface_hub decides.
-        return
+        return None
     endpoint = urllib.parse.urlsplit(hf_constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
         socket.create_connection((endpoint.hostname, port), timeout=HUB_CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        reason = f"the hub at {hf_constants.ENDPOINT} cannot be reached ({exc})"
-        raise ModelLoadError(_hub_offline_message(repo_id, reason)) from exc
+        return f"the hub at {hf_constants.ENDPOINT} cannot be reached ({exc})"
+    return None
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    """Return whether HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE restricts loading to cached files."""
     flags = (os.environ.get(name, "") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return bool(hf_constants.HF_HUB_OFFLINE) or any(flag.strip().lower() in _TRUE_VALUES for flag in flags)
 

@@ -99,9 +99,10 @@ def _load_xstest() -> list[TypedPrompt]:
     """Read the safe prompts of XSTest with their types."""
     import datasets
 
-    from nestbench.prompts import HUB_MIRROR_ENV, _hub_load_error, _resolve_hub_path
+    from nestbench.prompts import HUB_MIRROR_ENV, _hub_load_error, _resolve_hub_path, check_hub_reachable
 
     path = _resolve_hub_path(XSTEST_HUB_ID)
+    check_hub_reachable(XSTEST_HUB_ID, path, "nestbench-benign")
     try:
         dataset = datasets.load_dataset(path, split=XSTEST_SPLIT)
     except OSError as error:

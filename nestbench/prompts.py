@@ -369,6 +369,7 @@ def _load_hub_column(
 
     conditions = dict(where or {})
     path = _resolve_hub_path(hub_id)
+    check_hub_reachable(hub_id, path, alternative)
     # Streamed datasets download while they are iterated, so the reading is inside the try too.
     try:
         streaming = limit is not None
@@ -415,8 +416,33 @@ def _hub_load_error(hub_id: str, path: str, error: OSError, alternative: str) ->
             f"Hugging Face dataset {hub_id!r} was not found or is gated ({error}). For a gated dataset, accept its "
             f"terms on huggingface.co and log in with `hf auth login`. Or use the offline set {alternative!r}"
         )
+    return _needs_network_error(hub_id, str(error), alternative)
+
+
+def check_hub_reachable(hub_id: str, path: str, alternative: str) -> None:
+    """Raise ``PromptSetError`` at once when a Hub dataset can only come from a hub that cannot be reached.
+
+    Without this check, datasets 5.2 with huggingface_hub 2.4 retries an unreachable hub for
+    about 24 s before it fails. A local copy and offline mode skip the check. So does a dataset
+    that already has a folder in the Hugging Face cache, which leaves the decision to datasets
+    because it may fall back to the cached files.
+    """
+    from huggingface_hub import constants as hf_constants
+
+    from nestbench.models import hub_offline, hub_unreachable_reason
+
+    if path != hub_id or hub_offline():
+        return
+    if (Path(hf_constants.HF_HUB_CACHE) / f"datasets--{hub_id.replace('/', '--')}").is_dir():
+        return
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise _needs_network_error(hub_id, reason, alternative)
+
+
+def _needs_network_error(hub_id: str, cause: str, alternative: str) -> PromptSetError:
     return PromptSetError(
-        f"could not load Hugging Face dataset {hub_id!r} ({error}). This prompt set needs network access to the "
+        f"could not load Hugging Face dataset {hub_id!r} ({cause}). This prompt set needs network access to the "
         f"Hugging Face Hub, a copy in the datasets cache (HF_DATASETS_CACHE, with HF_HUB_OFFLINE=1), or a copy of the "
         f"dataset repository at ${HUB_MIRROR_ENV}/{hub_id}. Or use the offline set {alternative!r}"
     )
