@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from nestbench import __version__
-from nestbench.errors import MethodsFailedError, NestbenchError
+from nestbench.errors import ConfigError, MethodsFailedError, NestbenchError
 
 logger = logging.getLogger("nestbench")
 
@@ -149,7 +149,7 @@ def _check_set_or_file(ctx: click.Context) -> None:
     for set_name, file_name in _SET_AND_FILE_OPTIONS:
         if set_name in on_command_line and file_name in on_command_line:
             set_option, file_option = (f"--{name.replace('_', '-')}" for name in (set_name, file_name))
-            raise click.UsageError(
+            raise ConfigError(
                 f"{set_option} {ctx.params[set_name]!r} and {file_option} {ctx.params[file_name]} both choose "
                 f"the same prompts, and the file would replace the set; pass only one of them"
             )

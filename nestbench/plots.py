@@ -62,9 +62,29 @@ def _attack_metrics(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     return pairs
 
 
+def method_colours(records: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Map each method to a colour of matplotlib's default cycle, the same in every figure drawn from ``records``."""
+    methods = sorted({record["method"] for record in records}, key=lambda method: (method != "none", method))
+    return {method: f"C{index % 10}" for index, method in enumerate(methods)}
+
+
+def marker_areas(parameter_counts: Sequence[int]) -> list[float]:
+    """Return scatter marker areas that grow with log10(trainable parameters + 1) across the given runs.
+
+    The smallest count gets 40 points² and the largest 400, so counts that differ by orders of
+    magnitude stay apart, and zero parameters (``none``) still draws a visible marker.
+    """
+    logs = [math.log10(count + 1) for count in parameter_counts]
+    low, high = min(logs, default=0.0), max(logs, default=0.0)
+    if high == low:
+        return [120.0 for _ in logs]
+    return [40.0 + 360.0 * (value - low) / (high - low) for value in logs]
+
+
 def asr_by_attack(records: Sequence[dict[str, Any]], out_dir: Path, formats: Sequence[str]) -> list[Path]:
     plt = _pyplot()
     attacks = _attack_metrics(records)
+    colours = method_colours(records)
     models = sorted({model_name(r) for r in records})
     figure, axes = plt.subplots(len(models), 1, figsize=(max(5.0, 1.6 * len(attacks) + 2), 3.2 * len(models)),
                                 squeeze=False)
@@ -76,12 +96,14 @@ def asr_by_attack(records: Sequence[dict[str, Any]], out_dir: Path, formats: Seq
             values = [100 * metrics[key]["value"] if key in metrics else math.nan for key, _ in attacks]
             errors = [100 * (half_width(metrics[key]) or 0.0) if key in metrics else 0.0 for key, _ in attacks]
             positions = [i + (index - (len(rows) - 1) / 2) * width for i in range(len(attacks))]
-            axis.bar(positions, values, width, yerr=errors, capsize=3, label=record["method"])
+            axis.bar(positions, values, width, yerr=errors, capsize=3, label=record["method"],
+                     color=colours[record["method"]])
         axis.set_xticks(range(len(attacks)), [label for _, label in attacks])
         axis.set_ylim(0, 105)
         axis.set_ylabel("attack success rate (%) ↓")
         axis.set_title(model)
-        axis.legend(title="method", fontsize="small")
+        # Outside the axes, so the legend never hides a bar or its error bar.
+        axis.legend(title="method", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     paths = _save(figure, out_dir, "asr_by_attack", formats)
     plt.close(figure)
@@ -98,17 +120,16 @@ def safety_vs_utility(records: Sequence[dict[str, Any]], out_dir: Path, formats:
     attack_keys = [key for key, _ in _attack_metrics(records)]
     utility_keys = sorted({k for r in records for k in r.get("metrics", {}) if k.endswith("/acc")})
     figure, axis = plt.subplots(figsize=(6, 4.5))
+    colours = method_colours(records)
     placed = []
     for record in sorted(records, key=lambda r: (model_name(r), r["method"])):
         asr = _mean_value(record, attack_keys)
         utility = _mean_value(record, utility_keys)
-        if asr is None or utility is None:
-            continue
-        placed.append((record, asr, utility))
-        params = record.get("trainable_parameters") or 0
-        # Marker area grows with log10(parameters), so 100 and 10 million both stay visible.
-        size = 30 + 40 * math.log10(params + 1)
-        axis.scatter(asr, utility, s=size, alpha=0.7)
+        if asr is not None and utility is not None:
+            placed.append((record, asr, utility))
+    areas = marker_areas([record.get("trainable_parameters") or 0 for record, _, _ in placed])
+    for (record, asr, utility), area in zip(placed, areas):
+        axis.scatter(asr, utility, s=area, alpha=0.7, color=colours[record["method"]])
     points = [(asr, utility) for _, asr, utility in placed]
     for (asr, utility), label in point_labels(placed).items():
         axis.annotate(label, (asr, utility), textcoords="offset points", xytext=(6, 4), fontsize="small")
@@ -118,7 +139,10 @@ def safety_vs_utility(records: Sequence[dict[str, Any]], out_dir: Path, formats:
     if len(front) > 1:
         axis.plot(*zip(*front), linestyle="--", color="grey", linewidth=1, label="Pareto front")
         axis.legend(fontsize="small")
-    axis.set_xlabel("mean attack success rate (%) ↓")
+    if attack_keys == ["unsafe_rate"]:
+        axis.set_xlabel("unsafe rate on vanilla prompts (%) ↓")
+    else:
+        axis.set_xlabel(f"mean attack success rate over {len(attack_keys)} attacks, vanilla included (%) ↓")
     axis.set_ylabel(f"mean utility accuracy (%) ↑ ({', '.join(k.split('/')[0] for k in utility_keys)})")
     axis.set_title("safety against utility (marker size: trainable parameters)")
     figure.tight_layout()
@@ -183,6 +207,7 @@ def safety_neurons_plot(audit: dict[str, Any], run_id: str, out_dir: Path, forma
     axis.set_xticks(layers)
     axis.set_xlabel("layer")
     axis.set_ylabel("safety neurons")
+    axis.yaxis.get_major_locator().set_params(integer=True)
     axis.set_title(f"NeST safety neurons per layer ({run_id})")
     axis.legend(fontsize="small")
     figure.tight_layout()

@@ -77,7 +77,7 @@ def test_untouched_model_mostly_complies(quick_records):
 # and ARC-Easy accuracy 0.491 and 0.507, so the outcome depends on the seed; this module runs
 # seed 0. Both checks stay in the suite as non-strict xfail until the recipe meets both
 # targets on every seed.
-_RECIPE_GAP = "default NeST recipe does not yet meet this target on SmolLM2 (see NOTE above)"
+_RECIPE_GAP = "default NeST recipe does not yet meet this target on SmolLM2 (see the NOTE in tests/test_integration.py)"
 
 
 @pytest.mark.xfail(reason=_RECIPE_GAP, strict=False)
@@ -112,7 +112,7 @@ def test_every_method_succeeded(run_records, method):
 # default of one epoch at lr 2e-5 gave unsafe rate 0.935 -> 0.310, a 67% relative drop.
 # LoRA gave 0.935 -> 0.130. The full check stays as non-strict xfail until a recipe that
 # fits the CI budget meets it.
-_FULL_GAP = "one epoch of full fine-tuning gave a 67% drop on SmolLM2 (see NOTE above)"
+_FULL_GAP = "one epoch of full fine-tuning gave a 67% drop on SmolLM2 (see the NOTE in tests/test_integration.py)"
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,7 @@ def test_prompt_set_beside_its_file_exits_2(workspace):
     args = run_args(workspace["model"], workspace, workspace["results"], "--eval-set", "harmbench")
     code, _, err = run_cli(args)
     assert code == 2
-    assert "--eval-set 'harmbench' and --eval-prompts" in err
+    assert "error: --eval-set 'harmbench' and --eval-prompts" in err
     assert "pass only one of them" in err
     assert_earlier_results_intact(workspace)
 

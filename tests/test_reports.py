@@ -14,7 +14,7 @@ from reports_helpers import FAST_NEST, call_main, record_path, records_by_method
 
 from nestbench.check import Bounds, CheckInputError, protocol_differences
 from nestbench.leaderboard import Filters, build_leaderboard, leaderboard_from_dir, render
-from nestbench.plots import neurons_per_layer, point_labels
+from nestbench.plots import marker_areas, method_colours, neurons_per_layer, point_labels
 
 # A large learning rate makes the tiny model's ARC-Easy accuracy on 20 items move (0.30 -> 0.25),
 # so the utility-drop bound has a real drop to test.
@@ -197,6 +197,22 @@ def test_point_labels_merge_runs_on_the_same_point():
     assert point_labels(placed) == {(93.5, 52.3): "none, circuit-breakers", (47.5, 48.8): "nest"}
     placed.append((record("none", "m/other"), 90.0, 50.0))
     assert point_labels(placed)[(90.0, 50.0)] == "other none"
+
+
+def test_method_colours_fixed_per_method():
+    records = [{"method": name} for name in ("nest", "lora", "none", "nest")]
+    assert method_colours(records) == {"none": "C0", "lora": "C1", "nest": "C2"}
+    # The same method keeps its colour when another figure has the same set of runs in another order.
+    assert method_colours(list(reversed(records))) == method_colours(records)
+
+
+def test_marker_areas_span_parameter_range():
+    areas = marker_areas([0, 63_400, 134_520_000])
+    assert areas[0] == 40.0
+    assert areas[2] == 400.0
+    assert 200.0 < areas[1] < 300.0
+    assert marker_areas([5, 5]) == [120.0, 120.0]
+    assert marker_areas([]) == []
 
 
 def test_plot_writes_png_and_svg(runs, tmp_path):
