@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import NamedTuple
 
@@ -99,3 +100,26 @@ def tiny_llama_dir(tmp_path: Path, tiny_llama: TinyLlama) -> Path:
     tiny_llama.model.save_pretrained(folder)
     tiny_llama.tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch, tmp_path):
+    """Leave offline mode and point the Hugging Face Hub at a loopback port that nothing listens on.
+
+    Proxy variables are removed, because a proxy would skip the direct connection check. The Hub
+    cache moves to an empty folder in ``tmp_path``. Returns the port.
+    """
+    import datasets
+    import huggingface_hub.constants
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                 "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    return port

@@ -74,7 +74,7 @@ def test_untouched_model_mostly_complies(quick_records):
 # profile with 3 epochs) gave unsafe rate 0.940 -> 0.455 and ARC-Easy accuracy 0.523 -> 0.481,
 # missing both targets. With z_threshold 2 the unsafe rate fell to 0.005 but ARC-Easy fell to
 # 0.432. With seeds 1 and 2 (2026-12-05) the same recipe gave unsafe rate 0.185 both times
-# and ARC-Easy accuracy 0.491 and 0.507, so the outcome depends on the seed; this module runs
+# and ARC-Easy accuracy 0.491 and 0.507, so the outcome depends on the seed. This module runs
 # seed 0. Both checks stay in the suite as non-strict xfail until the recipe meets both
 # targets on every seed.
 _RECIPE_GAP = "default NeST recipe does not yet meet this target on SmolLM2 (see the NOTE in tests/test_integration.py)"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import socket
 from pathlib import Path
 
 import datasets
@@ -454,23 +453,7 @@ def test_unreachable_hub_needs_network(tmp_path, monkeypatch):
         load_prompt_set("catharmfulqa")
 
 
-@pytest.fixture
-def hub_online_unreachable(monkeypatch, tmp_path):
-    """Leave offline mode and point the Hub at a loopback port that nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
-                 "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    return port
-
-
-def test_unreachable_hub_fails_before_loading(hub_online_unreachable, monkeypatch):
+def test_unreachable_hub_fails_before_loading(unreachable_hub, monkeypatch):
     def load_dataset(*args, **kwargs):
         raise AssertionError("load_dataset must not run when the hub cannot be reached")
 
@@ -478,12 +461,12 @@ def test_unreachable_hub_fails_before_loading(hub_online_unreachable, monkeypatc
     with pytest.raises(PromptSetError) as caught:
         load_prompt_set("catharmfulqa")
     message = str(caught.value)
-    assert f"the hub at http://127.0.0.1:{hub_online_unreachable} cannot be reached" in message
+    assert f"the hub at http://127.0.0.1:{unreachable_hub} cannot be reached" in message
     assert "Or use the offline set" in message
 
 
-def test_cached_dataset_skips_hub_check(hub_online_unreachable, monkeypatch, tmp_path):
-    # A dataset with a folder in the Hub cache goes to datasets, which can read it without a connection.
+def test_cached_dataset_skips_hub_check(unreachable_hub, monkeypatch, tmp_path):
+    # A dataset with a folder in the Hub cache skips the connection check, so datasets decides.
     (tmp_path / "hub-cache" / "datasets--walledai--CatHarmfulQA").mkdir(parents=True)
 
     def load_dataset(*args, **kwargs):

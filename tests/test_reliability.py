@@ -10,7 +10,6 @@ import errno
 import json
 import os
 import shutil
-import socket
 import stat
 from pathlib import Path
 
@@ -183,20 +182,9 @@ def test_hub_id_with_offline_flag(workspace, monkeypatch):
     assert "a .gguf file with --model" in err
 
 
-def test_hub_id_unreachable_fails_fast(workspace, monkeypatch):
-    import huggingface_hub.constants
-
-    # A loopback port that nothing listens on simulates an unreachable hub.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
-                 "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+def test_hub_id_unreachable_fails_fast(workspace, unreachable_hub):
     err = bad_run(workspace, model="acme/not-downloaded")
-    assert f"the hub at http://127.0.0.1:{port} cannot be reached" in err
+    assert f"the hub at http://127.0.0.1:{unreachable_hub} cannot be reached" in err
     assert "Pass a local model folder" in err
 
 

@@ -189,7 +189,7 @@ def test_render_rejects_unknown_format(runs):
 # Plots
 
 
-def test_point_labels_merge_runs_on_the_same_point():
+def test_point_labels_merge_same_point():
     def record(method, model="m/tiny"):
         return {"method": method, "model": {"spec": model}}
 
